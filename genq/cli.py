@@ -1,0 +1,229 @@
+"""The `genq` command: the top floor, the one place that imports every component.
+
+Heavy components are imported inside the commands that use them: `genq status` must not pay
+for importing torch and vLLM (seconds), and a client machine may not have them at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from genq.errors import GenqError, NotFoundError, ValidationError
+from genq.schema import JobRecord
+from genq.settings import ClientSettings, WorkerSettings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="genq: a fleet for LLM generation jobs.")
+services_app = typer.Typer(no_args_is_help=True, help="Local RabbitMQ and Redis.")
+app.add_typer(services_app, name="services")
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+def _die(message: str, code: int) -> NoReturn:
+    typer.echo(f"genq: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client() -> Any:
+    from producers import Client
+    return Client()
+
+
+def _print_record(record: JobRecord) -> None:
+    typer.echo(record.model_dump_json(exclude_none=True))
+
+
+def _guard(fn: Any) -> Any:
+    """Map genq's errors to one clear line and an exit code, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as exc:
+            _die(str(exc), EXIT_INVALID)
+        except NotFoundError as exc:
+            _die(str(exc), EXIT_FAILED)
+        except GenqError as exc:
+            _die(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    return wrapper
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+@app.command()
+@_guard
+def submit(
+    prompt: str = typer.Argument(..., help="The prompt, verbatim."),
+    model: str = typer.Option(..., "--model", "-m"),
+    priority: int = typer.Option(0, "--priority", "-p", help="Level; higher is more urgent."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    stop: list[str] = typer.Option([], "--stop"),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos"),
+    deadline: Optional[float] = typer.Option(None, "--deadline",
+                                             help="Seconds from now, or a Unix time."),
+    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key"),
+    tenant: Optional[str] = typer.Option(None, "--tenant"),
+    wait: bool = typer.Option(False, "--wait", help="Wait and print the finished record."),
+) -> None:
+    """Submit one job; prints its task ID."""
+    fields = dict(model=model, priority=priority, max_tokens=max_tokens,
+                  temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+                  ignore_eos=ignore_eos, deadline=deadline,
+                  idempotency_key=idempotency_key, tenant=tenant)
+    with _client() as client:
+        job_id = client.submit(prompt, **{k: v for k, v in fields.items() if v is not None})
+        if wait:
+            _print_record(client.result(job_id))
+        else:
+            typer.echo(job_id)
+
+
+@app.command()
+@_guard
+def status(job_id: str) -> None:
+    """Print a job's record (JSON)."""
+    with _client() as client:
+        _print_record(client.status(job_id))
+
+
+@app.command()
+@_guard
+def result(
+    job_id: str,
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait."),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
+    """Wait for a job to end and print its record (JSON)."""
+    with _client() as client:
+        _print_record(client.result(job_id, wait=not no_wait, timeout=timeout))
+
+
+@app.command()
+@_guard
+def cancel(job_id: str) -> None:
+    """Cancel a job: queued ones never run, running ones are aborted."""
+    with _client() as client:
+        typer.echo(client.cancel(job_id))
+
+
+@app.command()
+@_guard
+def batch(
+    input: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL of requests."),
+    output: Path = typer.Option(Path("-"), "--output", "-o", help="JSONL of results."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Model for lines that name none."),
+    timeout: Optional[float] = typer.Option(None, "--timeout"),
+) -> None:
+    """Submit every line of a JSONL file, wait, write one result line per request."""
+    from producers.batch import run_batch
+    with _client() as client:
+        run_batch(client, input, output, default_model=model, timeout=timeout)
+
+
+@app.command()
+def config() -> None:
+    """Print the scheduling settings and the starvation bound they imply."""
+    s = WorkerSettings()
+    typer.echo(f"alpha            {s.alpha:g} per level")
+    typer.echo(f"beta             {s.beta:g} per second waited")
+    typer.echo(f"levels           {s.levels} (0..{s.levels - 1}, higher is more urgent)")
+    typer.echo(f"window           {s.window} held jobs per level per worker")
+    typer.echo(f"policy           {s.policy}")
+    typer.echo(f"starvation bound {s.starvation_bound(1):g} s per level apart "
+               f"((alpha/beta)*dp); bottom vs top: {s.starvation_bound(s.levels - 1):g} s")
+    typer.echo(f"models           {', '.join(s.models) or '(none declared: set GENQ_MODELS)'}")
+
+
+# -- fleet --------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+    hostname: Optional[str] = typer.Option(None, "--hostname", "-n"),
+) -> None:
+    """Run a worker: `genq worker --model PATH [vLLM engine options, by their vLLM names]`."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from workers.app import run_worker
+    from workers.engine import parse_engine_args
+
+    engine_args = parse_engine_args(list(ctx.args))
+    served = engine_args.served_model_name
+    served_model = (served[0] if isinstance(served, list) else served) or engine_args.model
+    settings = WorkerSettings()
+    run_worker(settings, engine_args=engine_args, served_model=served_model,
+               loglevel=loglevel, hostname=hostname)
+
+
+@app.command()
+def flower(
+    port: int = typer.Option(5555, "--port"),
+    address: str = typer.Option("127.0.0.1", "--address"),
+) -> None:
+    """Run Flower, the Celery dashboard, on the fleet's broker."""
+    s = ClientSettings()
+    args = [sys.executable, "-m", "celery", f"--broker={s.broker_url}",
+            f"--result-backend={s.redis_url}", "flower", f"--port={port}", f"--address={address}"]
+    os.execv(sys.executable, args)
+
+
+@app.command("make-test-model")
+def make_test_model(
+    directory: Path = typer.Argument(..., help="Where to write the model."),
+    size: str = typer.Option("tiny", "--size", help="tiny (tests) or bench (~27M params)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Build a small random Llama model with a byte-level BPE tokenizer (no hub needed)."""
+    from genq.testmodel import SIZES, build_test_model
+    if size not in SIZES:
+        _die(f"size: {size!r} is not one of {', '.join(SIZES)}", EXIT_INVALID)
+    typer.echo(build_test_model(directory, size=size, seed=seed))
+
+
+@services_app.command("check")
+def services_check() -> None:
+    """Report whether RabbitMQ and Redis answer."""
+    from genq import services
+    s = ClientSettings()
+    statuses = services.check(broker_url=s.broker_url, redis_url=s.redis_url)
+    _report(statuses)
+
+
+@services_app.command("start")
+def services_start() -> None:
+    """Start local RabbitMQ and Redis if they are installed and not running."""
+    from genq import services
+    s = ClientSettings()
+    _report(services.start(broker_url=s.broker_url, redis_url=s.redis_url))
+
+
+def _report(statuses: list[Any]) -> None:
+    for st in statuses:
+        typer.echo(f"{st.name:<9} {'ok' if st.ok else 'DOWN':<5} {st.url}  {st.detail}")
+    if not all(st.ok for st in statuses):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The Python client: submit jobs, read their records, wait for results, cancel.
+
+Submission is fire-and-forget: `submit` validates, writes the job record, publishes the task
+message with confirms and returns the task ID at once. Results are read from Redis by ID."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from genq import names
+from genq.errors import PublishError, TimeoutError
+from genq.protocol import encode_task
+from genq.schema import JobRecord, JobSpec, parse_spec
+from genq.settings import ClientSettings
+from genq.store import JobStore, new_record_fields
+from producers.publisher import OutgoingJob, Publisher
+
+__all__ = ["Client"]
+
+# Polling for a result starts fast (a short job is done in tens of ms) and backs off so
+# thousands of waiting clients don't hammer Redis.
+_POLL_FIRST = 0.01
+_POLL_MAX = 0.5
+
+
+class Client:
+    """`Client()` reads `GENQ_*` settings; pass `settings=` or field overrides to change them."""
+
+    def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
+        base = settings or ClientSettings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        self.store = JobStore(self.settings.redis_url, job_ttl=self.settings.job_ttl)
+        self._publisher = Publisher(
+            self.settings.broker_url,
+            levels=self.settings.levels,
+            timeout=self.settings.publish_timeout,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._publisher.close()
+        self.store.close()
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, prompt: str | JobSpec | None = None, **fields: Any) -> str:
+        """Submit one job (`prompt` and keyword fields of `JobSpec`, or a `JobSpec`)."""
+        if isinstance(prompt, JobSpec):
+            data: JobSpec | dict[str, Any] = parse_spec(prompt, **fields)
+        else:
+            data = {**fields, "prompt": prompt} if prompt is not None else fields
+        return self.submit_many([data])[0]
+
+    def submit_many(self, requests: Iterable[JobSpec | dict[str, Any]]) -> list[str]:
+        """Submit many jobs; every one is confirmed by the broker or this raises.
+
+        All are validated before anything is written, so an invalid request publishes
+        nothing. On `PublishError`, `.accepted` holds the IDs that were confirmed."""
+        specs = [self.validate(r) for r in requests]
+        now = time.time()
+        ids = [uuid.uuid4().hex for _ in specs]
+        ids, fresh = self._claim_idempotency(specs, ids)
+        records, outgoing = [], []
+        for i in fresh:
+            spec, job_id = specs[i], ids[i]
+            tenant = spec.tenant or self.settings.default_tenant
+            deadline_at = spec.deadline_at(now)
+            records.append(new_record_fields(
+                spec, job_id=job_id, tenant=tenant, enqueued_at=now, deadline_at=deadline_at
+            ))
+            headers, body = encode_task(
+                spec, job_id=job_id, enqueued_at=now, deadline_at=deadline_at
+            )
+            outgoing.append(OutgoingJob(job_id, spec.model, spec.priority, headers, body))
+        # The record goes first: a worker that receives the message must find it.
+        self.store.create(records)
+        try:
+            self._publisher.publish(outgoing)
+        except PublishError as exc:
+            confirmed = getattr(exc, "confirmed", 0)
+            lost = [job.job_id for job in outgoing[confirmed:]]
+            self.store.delete(lost)
+            self._release_idempotency([specs[i] for i in fresh[confirmed:]])
+            exc.accepted = [job.job_id for job in outgoing[:confirmed]]  # type: ignore[attr-defined]
+            raise
+        return ids
+
+    def validate(self, request: JobSpec | dict[str, Any]) -> JobSpec:
+        """The request as this fleet will run it, or `ValidationError` naming the field."""
+        spec = parse_spec(request)
+        if spec.max_tokens is None:
+            spec = spec.model_copy(update={"max_tokens": self.settings.default_max_tokens})
+        spec.check(self.settings)
+        return spec
+
+    def _claim_idempotency(
+        self, specs: list[JobSpec], ids: list[str]
+    ) -> tuple[list[str], list[int]]:
+        """Swap in the existing ID for every key seen before; return the indexes to publish."""
+        keyed = [i for i, s in enumerate(specs) if s.idempotency_key]
+        if not keyed:
+            return ids, list(range(len(specs)))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for i in keyed:
+            key = self._idem_key(specs[i])
+            pipe.set(key, ids[i], nx=True, ex=self.settings.idempotency_ttl)
+            pipe.get(key)
+        replies = pipe.execute()
+        ids = list(ids)
+        skip = set()
+        for n, i in enumerate(keyed):
+            was_set, current = replies[2 * n], replies[2 * n + 1]
+            if not was_set:
+                ids[i] = current
+                skip.add(i)
+        return ids, [i for i in range(len(specs)) if i not in skip]
+
+    def _release_idempotency(self, specs: list[JobSpec]) -> None:
+        keys = [self._idem_key(s) for s in specs if s.idempotency_key]
+        if keys:
+            self.store.redis.delete(*keys)
+
+    def _idem_key(self, spec: JobSpec) -> str:
+        assert spec.idempotency_key is not None
+        return names.idempotency_key(spec.tenant or self.settings.default_tenant,
+                                     spec.idempotency_key)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobRecord:
+        """The job record now; `NotFoundError` for an unknown ID."""
+        return self.store.get(job_id)
+
+    def status_many(self, job_ids: list[str]) -> list[JobRecord]:
+        return self.store.get_many(job_ids)
+
+    def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobRecord:
+        """The job record, after waiting (if `wait`) until it ends; `TimeoutError` past
+        `timeout` seconds. A failed, cancelled or expired job is returned, not raised: its
+        `state` and `error` say what happened."""
+        return self.wait_many([job_id], timeout=timeout if wait else 0)[0]
+
+    def wait_many(
+        self,
+        job_ids: list[str],
+        *,
+        timeout: float | None = None,
+        on_done: Any = None,
+    ) -> list[JobRecord]:
+        """Wait until every job ends (polling pipelined reads); `on_done(record)` is called
+        once per job as it ends, for progress bars."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        records: dict[str, JobRecord] = {}
+        pending = list(dict.fromkeys(job_ids))
+        delay = _POLL_FIRST
+        while True:
+            for record in self.store.get_many(pending):
+                if record.done:
+                    records[record.id] = record
+                    if on_done is not None:
+                        on_done(record)
+            pending = [i for i in pending if i not in records]
+            if not pending:
+                return [records[i] for i in job_ids]
+            if deadline is not None and time.monotonic() >= deadline:
+                if timeout == 0:
+                    current = {r.id: r for r in self.store.get_many(pending)}
+                    return [records.get(i) or current[i] for i in job_ids]
+                raise TimeoutError(f"{len(pending)} of {len(job_ids)} jobs not done "
+                                   f"after {timeout} s")
+            time.sleep(delay if deadline is None else
+                       max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 1.5, _POLL_MAX)
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued one becomes `cancelled` and never runs; a running one is
+        aborted in the engine by its worker. Returns `cancelled`, `cancelling`, or the
+        terminal state the job had already reached."""
+        return self.store.cancel(job_id)

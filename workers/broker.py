@@ -1,0 +1,210 @@
+"""The worker's link to RabbitMQ: one thread that owns a pika connection.
+
+pika connections are not thread-safe, so every broker operation runs on this thread: the
+asyncio side asks for acks and publishes through `add_callback_threadsafe`, and deliveries
+come back to the event loop with `call_soon_threadsafe`.
+
+Credit: one consumer per level queue, each with prefetch `window` (basic.qos with
+global=false is per consumer in RabbitMQ). Jobs are acked when they are admitted into the
+engine (see workers/consumer.py), so what a worker holds unacked is only its not-yet-started
+window: at most levels × window messages, whatever the batch size."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from genq import names
+from genq.protocol import CONTENT_TYPE
+from genq.topology import declare_model
+
+__all__ = ["BrokerLink", "Delivery"]
+
+log = logging.getLogger(__name__)
+
+# Reconnect backoff: quick first retries for a blip, capped so a long outage costs little.
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    epoch: int
+    """Which connection it came on: a tag is meaningless on any other."""
+    tag: int
+    level: int
+    headers: dict[str, Any]
+    body: bytes
+    redelivered: bool
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str,
+        levels: int,
+        window: int,
+        loop: asyncio.AbstractEventLoop,
+        on_delivery: Callable[[Delivery], None],
+        on_reset: Callable[[int], None],
+    ) -> None:
+        self._params = pika.URLParameters(url)
+        # Heartbeats keep a dead peer from holding jobs unseen; the loop below services them.
+        self._params.heartbeat = 30
+        self._model = model
+        self._levels = levels
+        self._window = window
+        self._loop = loop
+        self._on_delivery = on_delivery
+        self._on_reset = on_reset
+        self._epoch = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._publish_channel: Any = None
+        self._consumer_tags: list[str] = []
+        self._stopping = threading.Event()
+        self._consuming = True
+        self._thread = threading.Thread(target=self._run, name="genq-broker", daemon=True)
+        self.connected = threading.Event()
+
+    # -- lifecycle (any thread) -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the connection: the broker requeues every unacked (held) message."""
+        self._stopping.set()
+        self._call(lambda: None)  # wake the loop
+        self._thread.join(timeout)
+
+    # -- operations (any thread) ------------------------------------------------------------
+
+    def ack(self, epoch: int, tag: int) -> None:
+        def do() -> None:
+            if epoch == self._epoch and self._channel is not None and self._channel.is_open:
+                self._channel.basic_ack(tag)
+        self._call(do)
+
+    def requeue(self, epoch: int, tag: int) -> None:
+        """Give a held message back to its queue (it keeps its place at the head)."""
+        def do() -> None:
+            if epoch == self._epoch and self._channel is not None and self._channel.is_open:
+                self._channel.basic_nack(tag, requeue=True)
+        self._call(do)
+
+    def pause(self) -> None:
+        """Stop taking new messages (shutdown): cancel the consumers, keep the connection
+        so acks of admitted jobs still go through."""
+        def do() -> None:
+            self._consuming = False
+            for ctag in self._consumer_tags:
+                self._channel.basic_cancel(ctag)
+            self._consumer_tags.clear()
+        self._call(do)
+
+    def publish(
+        self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes,
+        *, job_id: str,
+    ) -> Future[None]:
+        """Publish with a broker confirm; the future fails if it was not confirmed."""
+        future: Future[None] = Future()
+
+        def do() -> None:
+            try:
+                self._publish_channel.basic_publish(
+                    exchange=exchange, routing_key=routing_key, body=body, mandatory=True,
+                    properties=pika.BasicProperties(
+                        content_type=CONTENT_TYPE, content_encoding="utf-8",
+                        delivery_mode=pika.DeliveryMode.Persistent,
+                        correlation_id=job_id, headers=headers,
+                    ),
+                )
+                future.set_result(None)
+            except Exception as exc:
+                future.set_exception(exc)
+        if not self._call(do):
+            future.set_exception(ConnectionError("not connected to the broker"))
+        return future
+
+    def _call(self, fn: Callable[[], None]) -> bool:
+        conn = self._conn
+        if conn is None or not conn.is_open:
+            return False
+        try:
+            conn.add_callback_threadsafe(fn)
+            return True
+        except Exception:  # closed between the check and the call
+            return False
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = _BACKOFF_FIRST
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                delay = _BACKOFF_FIRST
+                while not self._stopping.is_set():
+                    self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)
+            finally:
+                self.connected.clear()
+                self._loop.call_soon_threadsafe(self._on_reset, self._epoch)
+                self._close()
+            if not self._stopping.wait(delay):
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _connect(self) -> None:
+        self._conn = pika.BlockingConnection(self._params)
+        self._epoch += 1
+        self._channel = self._conn.channel()
+        declare_model(self._channel, self._model, self._levels)
+        self._channel.basic_qos(prefetch_count=self._window, global_qos=False)
+        self._publish_channel = self._conn.channel()
+        self._publish_channel.confirm_delivery()
+        self._consumer_tags = []
+        if self._consuming:
+            # Highest level first: after a restart its head is the first job handed over.
+            for level in reversed(range(self._levels)):
+                self._consumer_tags.append(self._channel.basic_consume(
+                    names.level_queue(self._model, level),
+                    self._make_callback(level, self._epoch),
+                ))
+        self.connected.set()
+        log.info("broker connected (epoch %d)", self._epoch)
+
+    def _make_callback(self, level: int, epoch: int) -> Callable[..., None]:
+        def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            delivery = Delivery(epoch, method.delivery_tag, level, props.headers or {}, body,
+                                method.redelivered)
+            self._loop.call_soon_threadsafe(self._on_delivery, delivery)
+        return on_message
+
+    def _close(self) -> None:
+        conn, self._conn, self._channel, self._publish_channel = self._conn, None, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # the socket is already gone
+                pass
+
+
+def wait_connected(link: BrokerLink, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if link.connected.wait(0.1):
+            return True
+    return False

@@ -1,0 +1,353 @@
+"""The GPU consumer: one vLLM engine, many jobs in flight, admitted by score.
+
+Runs on a thread of its own with an asyncio loop that hosts the engine (vLLM's AsyncLLM
+needs one), the Redis ledger and every running job; the Celery worker's main thread keeps
+doing what Celery does (remote control, heartbeats, shutdown).
+
+Credit design: ack at admission, with a lease. A job is acked when it enters the engine,
+after ADMIT has recorded it `running` under a lease this worker renews. So what the worker
+holds unacked is only its small not-yet-started window (levels × window), the best of
+which it admits whenever the engine has room; running jobs never count against prefetch,
+never hoard work from idle workers and never reach RabbitMQ's consumer_timeout, however long
+they run. A worker that dies stops renewing; any worker's reaper then republishes its jobs
+with their original enqueue time (workers/courier.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from genq import names
+from genq.errors import EngineDeadError, RequestRejectedError, ValidationError
+from genq.protocol import TaskMessage, decode_task, encode_task
+from genq.schema import JobState
+from genq.settings import WorkerSettings
+from scheduler import Candidate, create_admission_queue
+from workers.broker import BrokerLink, Delivery
+from workers.courier import Courier
+from workers.engine import Engine, Generation
+from workers.events import TaskEvents
+from workers.ledger import Ledger
+
+__all__ = ["EXIT_ENGINE_DEAD", "GpuConsumer"]
+
+log = logging.getLogger(__name__)
+
+EXIT_ENGINE_DEAD = 70
+"""Exit status when the engine died: the worker's supervisor should restart it."""
+
+
+@dataclass(slots=True)
+class _Running:
+    message: TaskMessage
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class GpuConsumer:
+    def __init__(self, *, settings: WorkerSettings, engine_args: Any, served_model: str,
+                 app: Celery, hostname: str) -> None:
+        self.settings = settings
+        self.model = served_model
+        self.hostname = hostname
+        self._engine_args = engine_args
+        self._app = app
+        self._queue = create_admission_queue(settings.policy, alpha=settings.alpha,
+                                             beta=settings.beta)
+        self._held: dict[str, Candidate[Delivery]] = {}
+        self._running: dict[str, _Running] = {}
+        self._admitting = 0
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._handing_back = False
+        self._thread = threading.Thread(target=self._thread_main, name="genq-gpu", daemon=True)
+        self.fatal: BaseException | None = None
+        self.stats = {"admitted": 0, "succeeded": 0, "failed": 0, "handed_back": 0,
+                      "reaped": 0, "dead_lettered": 0}
+
+    # -- lifecycle, called from Celery's thread ----------------------------------------------
+
+    def start(self, timeout: float = 900.0) -> None:
+        """Start the engine and begin consuming; returns once jobs can run."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"engine did not start within {timeout} s")
+        if self._startup_error is not None:
+            raise RuntimeError(f"engine failed to start: {self._startup_error}") \
+                from self._startup_error
+
+    def stop(self) -> None:
+        """Graceful: stop taking jobs, let running ones finish within the grace period, hand
+        back the rest, shut the engine down."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.settings.grace_period + 60)
+
+    # -- the loop thread ---------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+            else:
+                log.exception("GPU consumer crashed")
+                self.fatal = exc
+        if self.fatal is not None:
+            # The engine is gone and the jobs are handed back: exit so a supervisor restarts
+            # a whole worker (Celery gives no way to set its exit status from another thread).
+            log.critical("engine dead (%s); exiting with status %d", self.fatal, EXIT_ENGINE_DEAD)
+            logging.shutdown()
+            os._exit(EXIT_ENGINE_DEAD)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.engine = Engine.start(self._engine_args)
+        self.capacity = self.engine.max_num_seqs + self.settings.admit_headroom
+        self.ledger = Ledger(self.settings.redis_url, job_ttl=self.settings.job_ttl,
+                             lease_seconds=self.settings.lease_seconds, worker=self.hostname)
+        self.events = TaskEvents(self._app, self.hostname)
+        self.events.start()
+        self.broker = BrokerLink(
+            self.settings.broker_url, model=self.model, levels=self.settings.levels,
+            window=self.settings.window, loop=self._loop,
+            on_delivery=self._on_delivery, on_reset=self._on_reset,
+        )
+        self.courier = Courier(self.broker, self.ledger, model=self.model)
+        self.broker.start()
+        background = [
+            asyncio.create_task(self._admission_loop(), name="admission"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
+            asyncio.create_task(self._cancel_listener(), name="cancels"),
+        ]
+        self._ready.set()
+        log.info("GPU consumer ready: model %s, %s", self.model, self.engine.describe())
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(background)
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        self.broker.pause()
+        grace = 0.0 if self.fatal is not None else self.settings.grace_period
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._handing_back = True
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self.broker.stop()  # held, unacked messages go back to their queues
+        self.events.stop()
+        await self.ledger.close()
+        self.engine.shutdown()
+        log.info("GPU consumer stopped: %s", self.stats)
+
+    # -- deliveries (on the loop, from the broker thread) ------------------------------------
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            message = decode_task(delivery.headers, delivery.body)
+        except ValidationError as exc:
+            asyncio.ensure_future(self._reject(delivery, exc))
+            return
+        job_id = message.job_id
+        if job_id in self._held or job_id in self._running:
+            # A second copy of a job this worker already has (a republish raced the
+            # original): keep one.
+            self.broker.ack(delivery.epoch, delivery.tag)
+            return
+        candidate = Candidate(job_id=job_id, priority=message.spec.priority,
+                              enqueued_at=message.enqueued_at,
+                              tenant=message.spec.tenant or "default",
+                              payload=(delivery, message))
+        self._held[job_id] = candidate
+        self._queue.add(candidate)
+        self.events.received(job_id, kwargs=str(delivery.headers.get("kwargsrepr", "")),
+                             retries=message.attempts)
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _reject(self, delivery: Delivery, error: ValidationError) -> None:
+        log.warning("dead-lettering a malformed message: %s", error)
+        try:
+            await self.courier.reject(delivery.headers, delivery.body, error)
+        finally:
+            self.broker.ack(delivery.epoch, delivery.tag)
+            self.stats["dead_lettered"] += 1
+
+    def _on_reset(self, epoch: int) -> None:
+        """The connection dropped: its unacked messages went back to the broker."""
+        for job_id, candidate in list(self._held.items()):
+            if candidate.payload[0].epoch == epoch:
+                self._queue.remove(job_id)
+                del self._held[job_id]
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def _admission_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self._queue) and not self._handing_back:
+                room = self.capacity - len(self._running) - self._admitting
+                if room <= 0:
+                    break
+                batch = [self._queue.pop() for _ in range(min(room, len(self._queue)))]
+                for candidate in batch:
+                    del self._held[candidate.job_id]
+                self._admitting += len(batch)
+                try:
+                    decisions = await self.ledger.admit([c.job_id for c in batch])
+                finally:
+                    self._admitting -= len(batch)
+                for candidate, decision in zip(batch, decisions):
+                    self._act(candidate, decision)
+
+    def _act(self, candidate: Candidate[Any], decision: str) -> None:
+        delivery, message = candidate.payload
+        job_id = message.job_id
+        if decision == "running":
+            running = _Running(message)
+            self._running[job_id] = running
+            running.task = asyncio.create_task(self._run(running), name=job_id)
+            self.stats["admitted"] += 1
+            self.events.started(job_id)
+        elif decision == "expired":
+            asyncio.ensure_future(self.ledger.finish(
+                job_id, JobState.EXPIRED, error="deadline passed before the job started"))
+            self.events.revoked(job_id, expired=True)
+        elif decision == "missing":
+            asyncio.ensure_future(self.courier.dead_letter(
+                delivery.headers, delivery.body, attempts=message.attempts, job_id=job_id,
+                reason="no job record in Redis (expired, or not submitted through genq)"))
+            self.events.failed(job_id, error="no job record")
+        elif decision in (JobState.CANCELLED.value, JobState.EXPIRED.value):
+            self.events.revoked(job_id, expired=decision == JobState.EXPIRED.value)
+        # "leased" (a live worker runs it) and terminal states: this copy is surplus.
+        # Ack only now: ADMIT has recorded the job, so the message is no longer its only trace.
+        self.broker.ack(delivery.epoch, delivery.tag)
+
+    # -- running one job ---------------------------------------------------------------------
+
+    async def _run(self, running: _Running) -> None:
+        message = running.message
+        job_id = message.job_id
+        attempt = message.attempts + 1
+        try:
+            generation = await self.engine.generate(job_id, message.spec)
+        except asyncio.CancelledError:
+            if running.cancel_requested:
+                await self.ledger.finish(job_id, JobState.CANCELLED,
+                                         error="cancelled by the client while running")
+                self.events.revoked(job_id)
+            else:
+                await self.courier.hand_back(message, attempts=attempt)
+                self.stats["handed_back"] += 1
+        except RequestRejectedError as exc:
+            await self._fail(running, f"rejected by the engine: {exc}")
+        except EngineDeadError as exc:
+            await self.courier.hand_back(message, attempts=message.attempts)
+            self._die(exc)
+        except Exception as exc:  # a passing engine error: retry, within bounds
+            if self.engine.dead:
+                await self.courier.hand_back(message, attempts=message.attempts)
+                self._die(exc)
+            elif attempt >= self.settings.max_attempts:
+                await self._fail(running, f"failed after {attempt} attempts: {exc!r}",
+                                 dead_letter=True)
+            else:
+                log.warning("job %s: attempt %d failed (%r); retrying", job_id, attempt, exc)
+                await self.courier.hand_back(message, attempts=attempt)
+        else:
+            await self._succeed(running, generation)
+        finally:
+            self._running.pop(job_id, None)
+            assert self._wake is not None
+            self._wake.set()
+
+    async def _succeed(self, running: _Running, generation: Generation) -> None:
+        job_id = running.message.job_id
+        result = {
+            "text": generation.text,
+            "finish_reason": generation.finish_reason,
+            "usage": {"prompt_tokens": generation.prompt_tokens,
+                      "completion_tokens": generation.completion_tokens},
+            "model": self.model,
+        }
+        await self.ledger.finish(job_id, JobState.SUCCEEDED, result=result)
+        self.stats["succeeded"] += 1
+        self.events.succeeded(job_id, result=f"{generation.completion_tokens} tokens",
+                              runtime=time.monotonic() - running.started)
+
+    async def _fail(self, running: _Running, error: str, *, dead_letter: bool = False) -> None:
+        message = running.message
+        await self.ledger.finish(message.job_id, JobState.FAILED, error=error)
+        self.stats["failed"] += 1
+        self.events.failed(message.job_id, error=error)
+        if dead_letter:
+            headers, body = encode_task(message.spec, job_id=message.job_id,
+                                        enqueued_at=message.enqueued_at,
+                                        deadline_at=message.deadline_at,
+                                        attempts=message.attempts + 1)
+            await self.courier.dead_letter(headers, body, reason=error,
+                                           attempts=message.attempts + 1, job_id=message.job_id)
+            self.stats["dead_lettered"] += 1
+
+    def _die(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            assert self._stop is not None
+            self._stop.set()
+
+    # -- leases and cancellation -------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        # Renew well before expiry (a third of the lease) so one slow round trip is harmless.
+        period = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.ledger.renew(list(self._running))
+                self.stats["reaped"] += await self.courier.reap()
+            except Exception:  # Redis away: the next round tries again
+                log.exception("lease renewal / reaping failed")
+
+    async def _cancel_listener(self) -> None:
+        while True:
+            try:
+                pubsub = self.ledger.redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(names.CANCEL_CHANNEL)
+                async for item in pubsub.listen():
+                    self._on_cancel(str(item["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cancel listener lost Redis; resubscribing")
+                await asyncio.sleep(1.0)
+
+    def _on_cancel(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is not None and running.task is not None:
+            running.cancel_requested = True
+            running.task.cancel()  # AsyncLLM.generate aborts the request in the engine

@@ -1,0 +1,121 @@
+"""The engine bridge: the one module that imports vLLM.
+
+One `AsyncLLM` per worker process, fed many jobs at once; vLLM's continuous batching does
+the rest. vLLM's errors are translated into genq's so the consumer can tell a job that can't
+run (fail it, don't retry) from a job that hit a passing error (retry) from an engine that is
+gone (stop the worker)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
+from vllm.sampling_params import RequestOutputKind
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+from vllm.v1.engine.exceptions import EngineGenerateError
+
+from genq.errors import EngineDeadError, EngineError, RequestRejectedError
+from genq.schema import JobSpec
+
+__all__ = ["Engine", "Generation", "parse_engine_args"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def parse_engine_args(argv: list[str]) -> AsyncEngineArgs:
+    """vLLM's own engine options, under their vLLM names (`--max-num-seqs 64`, ...)."""
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="genq worker"))
+    try:
+        namespace = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed what is wrong
+        raise argparse.ArgumentError(None, f"invalid engine options: {argv}") from exc
+    return AsyncEngineArgs.from_cli_args(namespace)
+
+
+class Engine:
+    def __init__(self, llm: AsyncLLM, args: AsyncEngineArgs) -> None:
+        self._llm = llm
+        self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
+        self.max_model_len: int = llm.vllm_config.model_config.max_model_len
+        self.model: str = args.model
+
+    @classmethod
+    def start(cls, args: AsyncEngineArgs) -> Engine:
+        # On CPU vLLM sizes its KV cache from this (GiB); without it start-up fails.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        return cls(AsyncLLM.from_engine_args(args), args)
+
+    def render(self, spec: JobSpec) -> str:
+        """The prompt text: verbatim, or chat messages through the model's chat template."""
+        if spec.prompt is not None:
+            return spec.prompt
+        messages = [m.model_dump() for m in spec.messages or ()]
+        try:
+            return self._llm.get_tokenizer().apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # a model without a chat template, or a bad role order
+            raise RequestRejectedError(f"messages: chat template failed: {exc}") from exc
+
+    async def generate(self, request_id: str, spec: JobSpec) -> Generation:
+        prompt = self.render(spec)
+        params = SamplingParams(
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            stop=list(spec.stop) or None,
+            seed=spec.seed,
+            ignore_eos=spec.ignore_eos,
+            # Only the final output: no per-token objects built and thrown away.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        try:
+            async for output in self._llm.generate({"prompt": prompt}, params, request_id):
+                final = output
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
+        except VLLMClientError as exc:  # e.g. the prompt is longer than the context
+            raise RequestRejectedError(str(exc)) from exc
+        except EngineGenerateError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValueError):  # input validation raised before scheduling
+                raise RequestRejectedError(str(cause)) from exc
+            raise EngineError(repr(cause or exc)) from exc
+        except ValueError as exc:
+            raise RequestRejectedError(str(exc)) from exc
+        if self._llm.errored:
+            raise EngineDeadError("the engine stopped while the request ran")
+        if final is None or not final.outputs:
+            raise EngineError("the engine returned no output")
+        completion = final.outputs[0]
+        return Generation(
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            completion_tokens=len(completion.token_ids),
+        )
+
+    @property
+    def dead(self) -> bool:
+        return bool(self._llm.errored)
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "max_num_seqs": self.max_num_seqs,
+                "max_model_len": self.max_model_len}

@@ -1,0 +1,110 @@
+"""The worker's side of the job store (asyncio): admit, finish, leases, reaping.
+
+The scripts themselves live in genq/store.py, shared with the client, so both sides apply
+the same rules to a job record."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from genq import names
+from genq.schema import JobState
+from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, celery_meta
+
+__all__ = ["Ledger"]
+
+# A reaper claims an expired lease for this long so two reapers don't both republish it.
+_REAP_CLAIM_SECONDS = 30
+
+
+class Ledger:
+    def __init__(self, url: str, *, job_ttl: int, lease_seconds: float, worker: str) -> None:
+        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._ttl = job_ttl
+        self._lease = lease_seconds
+        self._worker = worker
+        self._admit = self.redis.register_script(ADMIT)
+        self._finish = self.redis.register_script(FINISH)
+        self._handback = self.redis.register_script(HANDBACK)
+        self._release = self.redis.register_script(RELEASE)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def admit(self, job_ids: Sequence[str]) -> list[str]:
+        """Mark jobs running under a fresh lease, in one round trip; returns per job what
+        ADMIT decided (`running` means: this worker runs it)."""
+        now = time.time()
+        expiry = repr(now + self._lease)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            await self._admit(keys=[names.job_key(job_id), names.LEASES],
+                              args=[job_id, repr(now), self._worker, expiry], client=pipe)
+        return [str(r) for r in await pipe.execute()]
+
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> str:
+        """Store a terminal state and result, unless the job already has one (first wins)."""
+        values = {"state": state.value, "finished_at": repr(time.time()), **(fields or {})}
+        if error is not None:
+            values["error"] = error
+        if result is not None:
+            values["text"] = result["text"]
+            values["finish_reason"] = result.get("finish_reason") or ""
+            values["usage"] = json.dumps(result["usage"])
+        args: list[Any] = [job_id, self._ttl, celery_meta(job_id, state, result, error=error)]
+        for k, v in values.items():
+            args += [k, v]
+        return str(await self._finish(
+            keys=[names.job_key(job_id), names.LEASES, names.celery_result_key(job_id)],
+            args=args,
+        ))
+
+    async def renew(self, job_ids: Sequence[str]) -> None:
+        """Push the leases of running jobs forward (XX: never resurrect a removed one)."""
+        if job_ids:
+            expiry = time.time() + self._lease
+            await self.redis.zadd(names.LEASES, {i: expiry for i in job_ids}, xx=True)
+
+    async def hand_back(self, job_id: str) -> tuple[str, str]:
+        """Turn a running job `queued` under a short lease; returns (outcome, lease) where
+        lease is what to pass to `release` once the republish is confirmed."""
+        lease = repr(time.time() + self._lease)
+        outcome = await self._handback(keys=[names.job_key(job_id), names.LEASES],
+                                       args=[job_id, lease])
+        return str(outcome), lease
+
+    async def release(self, job_id: str, lease: str) -> str:
+        return str(await self._release(keys=[names.job_key(job_id), names.LEASES],
+                                       args=[job_id, lease]))
+
+    async def expired_leases(self, limit: int = 100) -> list[tuple[str, str]]:
+        """Jobs whose worker stopped renewing, each claimed for this reaper alone."""
+        rows = await self.redis.zrangebyscore(names.LEASES, "-inf", time.time(),
+                                              start=0, num=limit, withscores=True)
+        claimed = []
+        for job_id, score in rows:
+            claim = names.job_key(job_id) + ":reaping"
+            if await self.redis.set(claim, self._worker, nx=True, ex=_REAP_CLAIM_SECONDS):
+                claimed.append((job_id, repr(score)))
+        return claimed
+
+    async def record(self, job_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(names.job_key(job_id))
+
+    async def mark_failed_if_known(self, job_id: str, error: str) -> None:
+        """A malformed message whose ID we can read: fail its record so nobody waits on it."""
+        if await self.redis.exists(names.job_key(job_id)):
+            await self.finish(job_id, JobState.FAILED, error=error)
