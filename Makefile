@@ -52,7 +52,7 @@ bench: setup
 	$(GENQ) bench
 
 clean:
-	rm -rf .genq build .pytest_cache .hypothesis *.egg-info
+	rm -rf .genq build .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -176,11 +176,20 @@ def worker(
 def flower(
     port: int = typer.Option(5555, "--port"),
     address: str = typer.Option("127.0.0.1", "--address"),
+    basic_auth: Optional[str] = typer.Option(None, "--basic-auth", help="user:password"),
 ) -> None:
     """Run Flower, the Celery dashboard, on the fleet's broker."""
     s = ClientSettings()
     args = [sys.executable, "-m", "celery", f"--broker={s.broker_url}",
             f"--result-backend={s.redis_url}", "flower", f"--port={port}", f"--address={address}"]
+    if basic_auth:
+        args.append(f"--basic-auth={basic_auth}")
+    elif address in ("127.0.0.1", "localhost", "::1"):
+        # Flower's HTTP API refuses anonymous calls unless told; on loopback only this
+        # machine can call it, which is what a local fleet wants.
+        os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    else:
+        _die("flower: --basic-auth user:password is required off loopback", EXIT_INVALID)
     os.execv(sys.executable, args)
 
 

@@ -23,6 +23,9 @@ __all__ = ["GpuConsumerStep", "app", "create_app", "run_worker"]
 
 log = logging.getLogger(__name__)
 
+# pika logs every connection step at INFO; only its warnings matter in a worker's log.
+logging.getLogger("pika").setLevel(logging.WARNING)
+
 
 class GpuConsumerStep(bootsteps.StartStopStep):
     """Starts the engine and the GPU consumer with the worker; stops them on shutdown

@@ -7,7 +7,6 @@ the record of truth (Redis is)."""
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -32,7 +31,6 @@ class TaskEvents:
         self._hostname = hostname
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(_QUEUE_LIMIT)
         self._thread = threading.Thread(target=self._run, name="genq-events", daemon=True)
-        self._pid = os.getpid()
 
     def start(self) -> None:
         self._thread.start()
@@ -52,7 +50,7 @@ class TaskEvents:
                    retries=retries, root_id=job_id, parent_id=None, eta=None, expires=None)
 
     def started(self, job_id: str) -> None:
-        self._send("task-started", uuid=job_id, pid=self._pid)
+        self._send("task-started", uuid=job_id)  # the dispatcher adds pid and hostname
 
     def succeeded(self, job_id: str, *, result: str, runtime: float) -> None:
         self._send("task-succeeded", uuid=job_id, result=result, runtime=runtime)
