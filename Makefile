@@ -26,16 +26,16 @@ help:
 	@echo "make clean      caches and built models; distclean also removes .venv"
 
 setup:
-	scripts/setup.sh
+	bash scripts/setup.sh
 
 python:
-	scripts/setup.sh python
+	bash scripts/setup.sh python
 
 services:
-	scripts/setup.sh services
+	bash scripts/setup.sh services
 
 models: python
-	scripts/setup.sh models
+	bash scripts/setup.sh models
 
 # pytest's status is the recipe's status: a failure, and exit 5 ("no tests collected"),
 # fail make (which then exits 2), so CI cannot pass on an empty or broken test run.

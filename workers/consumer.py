@@ -40,6 +40,10 @@ __all__ = ["EXIT_ENGINE_DEAD", "GpuConsumer"]
 
 log = logging.getLogger(__name__)
 
+# A worker's stats key outlives a few missed beats, then disappears with a dead worker.
+_HEARTBEAT_PERIOD = 1.0
+_HEARTBEAT_TTL = 5
+
 EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
 
@@ -134,6 +138,7 @@ class GpuConsumer:
             asyncio.create_task(self._admission_loop(), name="admission"),
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._cancel_listener(), name="cancels"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         self._ready.set()
         log.info("GPU consumer ready: model %s, %s", self.model, self.engine.describe())
@@ -158,6 +163,10 @@ class GpuConsumer:
         await asyncio.gather(*background, return_exceptions=True)
         self.broker.stop()  # held, unacked messages go back to their queues
         self.events.stop()
+        try:
+            await self.ledger.redis.delete(names.worker_stats_key(self.hostname))
+        except Exception:  # Redis away: the key expires by itself
+            pass
         await self.ledger.close()
         self.engine.shutdown()
         log.info("GPU consumer stopped: %s", self.stats)
@@ -332,6 +341,21 @@ class GpuConsumer:
                 self.stats["reaped"] += await self.courier.reap()
             except Exception:  # Redis away: the next round tries again
                 log.exception("lease renewal / reaping failed")
+
+    async def _heartbeat_loop(self) -> None:
+        """Publish what this worker is doing to Redis (`genq:worker:<name>`), so clients,
+        `genq status` and tests can see it without asking Celery."""
+        key = names.worker_stats_key(self.hostname)
+        while True:
+            try:
+                snapshot = {"model": self.model, "capacity": self.capacity,
+                            "running": len(self._running), "held": len(self._held),
+                            "pid": os.getpid(), "at": time.time(), **self.stats}
+                await self.ledger.redis.hset(key, mapping=snapshot)
+                await self.ledger.redis.expire(key, _HEARTBEAT_TTL)
+            except Exception:  # Redis away: the next beat tries again
+                log.warning("heartbeat to Redis failed", exc_info=True)
+            await asyncio.sleep(_HEARTBEAT_PERIOD)
 
     async def _cancel_listener(self) -> None:
         while True:
