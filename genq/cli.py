@@ -206,6 +206,19 @@ def make_test_model(
     typer.echo(build_test_model(directory, size=size, seed=seed))
 
 
+@app.command()
+def demo(
+    jobs: int = typer.Option(100, "--jobs"),
+    flower_port: int = typer.Option(5555, "--flower-port"),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model dir (default: tiny)."),
+) -> None:
+    """Start a worker and Flower, run ~100 mixed-priority jobs, show results, stop."""
+    from genq.testmodel import build_test_model
+    from producers.demo import run_demo
+    path = model or build_test_model(Path(".genq/models/tiny"), size="tiny")
+    run_demo(model_path=path, jobs=jobs, flower_port=flower_port)
+
+
 @services_app.command("check")
 def services_check() -> None:
     """Report whether RabbitMQ and Redis answer."""

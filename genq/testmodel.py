@@ -1,9 +1,9 @@
 """A small Llama model with random weights, for tests, the demo and benchmarks.
 
-CI and development machines reach no model hub, so `genq make-test-model DIR` builds one:
-a Llama-architecture model (so vLLM loads it through the same code path as a real Llama)
-and a byte-level BPE tokenizer trained on the Python standard library's sources, which
-every machine has. The output reads like any Hugging Face model directory.
+CI and development machines reach no model hub, so `genq make-test-model DIR` builds
+one: a Llama-architecture model (vLLM loads it through the same code path as a real
+Llama) and a byte-level BPE tokenizer trained on the Python standard library's sources,
+which every machine has. The output reads like any Hugging Face model directory.
 """
 
 from __future__ import annotations
@@ -60,28 +60,43 @@ SIZES: dict[str, ModelSize] = {
     # For tests: 721,536 parameters. vLLM's CPU attention takes head sizes of 32 and up,
     # hence 128 / 4 heads rather than 64 / 4: a head size of 16 would not load.
     "tiny": ModelSize(
-        hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, vocab_size=3072
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        vocab_size=3072,
     ),
     # For benchmarks: big enough that the forward pass, not Python overhead, dominates,
     # small enough for two cores. 1376 is 8/3 x 512 rounded up to a multiple of 32, the
     # Llama ratio. 29,499,904 parameters (embeddings tied with the LM head).
     "bench": ModelSize(
-        hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376, vocab_size=8192
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        intermediate_size=1376,
+        vocab_size=8192,
     ),
 }
 
 
 def build_test_model(
-    out_dir: str | Path, *, size: str = "tiny", seed: int = 0, vocab_size: int | None = None
+    out_dir: str | Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    vocab_size: int | None = None,
 ) -> Path:
     """Build the model into `out_dir` (created if missing) and return its path.
 
-    Returns at once if `out_dir` already holds a complete build with the same parameters.
+    Returns at once if `out_dir` already holds a complete build with the same
+    parameters.
     `vocab_size` overrides the preset's. The same arguments give the same weights.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
-    spec = SIZES[size] if vocab_size is None else replace(SIZES[size], vocab_size=vocab_size)
+    spec = SIZES[size]
+    if vocab_size is not None:
+        spec = replace(spec, vocab_size=vocab_size)
     # The 256-byte alphabet, the special tokens and some merges need room.
     if spec.vocab_size < 512:
         raise ValueError(f"vocab_size must be at least 512, got {spec.vocab_size}")
@@ -127,9 +142,9 @@ def _build_model(spec: ModelSize, seed: int) -> LlamaForCausalLM:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        # bfloat16: vLLM on CPU runs float32 checkpoints as bfloat16 anyway ("auto" dtype
-        # downcasts), its CPU kernels are fastest in bf16 (AVX512-BF16/AMX), and the files
-        # are half the size. A real float32 model would behave the same way.
+        # bfloat16: vLLM on CPU runs float32 checkpoints as bfloat16 anyway (its "auto"
+        # dtype downcasts), its CPU kernels are fastest in bf16 (AVX512-BF16, AMX), and
+        # the files are half the size.
         dtype="bfloat16",
     )
     # Initialise in float32 from a fixed seed (CPU RNG is deterministic), then cast.
@@ -162,8 +177,9 @@ def _build_tokenizer(spec: ModelSize) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_training_text(), trainer=trainer)
-    # Prepend BOS to encoded text as Llama tokenizers do; the chat template writes its own
-    # BOS, so rendered chats must be encoded with add_special_tokens=False (as with Llama).
+    # Prepend BOS to encoded text as Llama tokenizers do. The chat template writes its
+    # own BOS, so a rendered chat must be encoded with add_special_tokens=False, as with
+    # Llama; vLLM's chat renderer does that.
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 1)]
     )

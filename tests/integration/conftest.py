@@ -8,7 +8,6 @@ skipping what it claims to test."""
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,9 @@ import pytest
 from genq import names, services
 from genq.settings import ClientSettings
 from producers import Client
-from tests.integration.fleet import REPO, FlowerProcess, WorkerProcess
+from genq.local import FlowerProcess, WorkerProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -113,9 +114,6 @@ def worker(make_worker: object) -> WorkerProcess:
 
 @pytest.fixture(scope="session")
 def flower(fleet_env: dict[str, str], log_dir: Path) -> Iterator[FlowerProcess]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = FlowerProcess(env=fleet_env, port=port, log_dir=log_dir).start()
+    process = FlowerProcess(env=fleet_env, port=free_port(), log_dir=log_dir).start()
     yield process
     process.stop()

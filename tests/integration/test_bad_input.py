@@ -15,7 +15,8 @@ from genq import names
 from genq.errors import NotFoundError, ValidationError
 from genq.schema import JobState
 from producers import Client
-from tests.integration.fleet import REPO, WorkerProcess, wait_for
+from genq.local import WorkerProcess, wait_for
+from tests.integration.conftest import REPO
 
 
 def queue_depth(client: Client, queue: str) -> int:

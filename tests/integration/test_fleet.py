@@ -10,7 +10,7 @@ from celery.result import AsyncResult
 
 from genq.schema import JobState
 from producers import Client
-from tests.integration.fleet import WorkerProcess, wait_for
+from genq.local import WorkerProcess, wait_for
 
 
 def test_200_jobs_of_mixed_priorities_complete_with_exact_token_counts(

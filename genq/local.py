@@ -1,10 +1,11 @@
-"""Starting and stopping real fleet processes for integration tests: `genq worker` and
-Flower as subprocesses, exactly as a user starts them."""
+"""Starting and stopping a local fleet: `genq worker` and Flower as subprocesses, exactly
+as a user starts them. Used by `genq demo`, `genq bench` and the integration tests."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +16,11 @@ from typing import Any
 import redis
 
 from genq import names
+from genq.settings import FleetSettings
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["FlowerProcess", "WorkerProcess", "free_port", "wait_for"]
+
+# vLLM on CPU takes ~30 s to start the tiny model eagerly, minutes with torch.compile.
 WORKER_START_TIMEOUT = 300.0
 
 
@@ -33,34 +37,41 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str,
         time.sleep(interval)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class WorkerProcess:
-    """One `genq worker` subprocess serving `model_name` from `model_path`."""
+    """One `genq worker` subprocess serving `model_name` from `model_path`. Its engine
+    options default to a quick start (eager mode) and a small context, for tests and demos."""
 
     def __init__(self, *, model_path: Path, model_name: str, env: dict[str, str],
-                 log_dir: Path, max_num_seqs: int = 16, extra: list[str] | None = None,
-                 name: str = "w1") -> None:
-        self.hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@test"
+                 log_dir: Path, max_num_seqs: int = 16, max_model_len: int = 512,
+                 extra: list[str] | None = None, name: str = "w1") -> None:
+        self.hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@{socket.gethostname()}"
         self.log_path = log_dir / f"worker-{name}-{time.monotonic_ns()}.log"
         self.args = [
             sys.executable, "-m", "genq.cli", "worker", "--loglevel", "INFO",
             "--hostname", self.hostname,
             "--model", str(model_path), "--served-model-name", model_name,
             "--max-num-seqs", str(max_num_seqs), "--enforce-eager",
-            "--max-model-len", "512", *(extra or []),
+            "--max-model-len", str(max_model_len), *(extra or []),
         ]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> WorkerProcess:
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=self._log,
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
-        r = redis.Redis.from_url(self.env["GENQ_REDIS_URL"])
+        r = redis.Redis.from_url(self.env.get("GENQ_REDIS_URL", FleetSettings().redis_url))
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -113,7 +124,7 @@ class FlowerProcess:
     def start(self) -> FlowerProcess:
         import requests
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=self._log,
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
         def up() -> bool:
