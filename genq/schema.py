@@ -64,7 +64,7 @@ class JobSpec(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = Field((), max_length=16)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     ignore_eos: bool = False
     deadline: float | None = Field(None, gt=0)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)

@@ -149,19 +149,20 @@ def _build_model(spec: ModelSize, seed: int) -> LlamaForCausalLM:
     )
     # Initialise in float32 from a fixed seed (CPU RNG is deterministic), then cast.
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    return model.to(torch.bfloat16).eval()
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.bfloat16()  # in place
+    return model
 
 
 def _save_quietly(model: LlamaForCausalLM, directory: str) -> None:
     # A one-shard progress bar is noise in CLI and test output.
     enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model.save_pretrained(directory)
     finally:
         if enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _build_tokenizer(spec: ModelSize) -> PreTrainedTokenizerFast:
@@ -184,7 +185,8 @@ def _build_tokenizer(spec: ModelSize) -> PreTrainedTokenizerFast:
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 1)]
     )
     assert tok.token_to_id(BOS) == 1 and tok.token_to_id(EOS) == 2
-    return PreTrainedTokenizerFast(
+    # transformers ships no types for its tokenizer constructors.
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=EOS,

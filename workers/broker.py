@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -201,10 +200,3 @@ class BrokerLink:
             except Exception:  # the socket is already gone
                 pass
 
-
-def wait_connected(link: BrokerLink, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if link.connected.wait(0.1):
-            return True
-    return False

@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from vllm import SamplingParams
+from vllm import SamplingParams, TextPrompt
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
+from vllm.renderers import ChatParams
 from vllm.sampling_params import RequestOutputKind
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -58,50 +59,52 @@ class Engine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         return cls(AsyncLLM.from_engine_args(args), args)
 
-    def render(self, spec: JobSpec) -> str:
-        """The prompt text: verbatim, or chat messages through the model's chat template."""
-        if spec.prompt is not None:
-            return spec.prompt
-        messages = [m.model_dump() for m in spec.messages or ()]
+    async def render(self, spec: JobSpec) -> Any:
+        """Tokenize through vLLM's renderer: the prompt verbatim, or chat messages through
+        the model's chat template (without the second BOS a template that writes one would
+        get from plain tokenizing). It also checks the length against the context."""
+        renderer = self._llm.renderer
         try:
-            return self._llm.get_tokenizer().apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        except Exception as exc:  # a model without a chat template, or a bad role order
-            raise RequestRejectedError(f"messages: chat template failed: {exc}") from exc
+            if spec.prompt is not None:
+                (rendered,) = await renderer.render_cmpl_async([TextPrompt(prompt=spec.prompt)])
+            else:
+                messages = [m.model_dump() for m in spec.messages or ()]
+                _, (rendered,) = await renderer.render_chat_async([messages], ChatParams())
+        except VLLMClientError as exc:  # e.g. the prompt is longer than the context
+            raise RequestRejectedError(str(exc)) from exc
+        except Exception as exc:  # a model without a chat template, a bad role order
+            raise RequestRejectedError(f"prompt could not be rendered: {exc}") from exc
+        return rendered
 
     async def generate(self, request_id: str, spec: JobSpec) -> Generation:
-        prompt = self.render(spec)
-        params = SamplingParams(
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            stop=list(spec.stop) or None,
-            seed=spec.seed,
-            ignore_eos=spec.ignore_eos,
-            # Only the final output: no per-token objects built and thrown away.
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        prompt = await self.render(spec)
         final = None
         try:
-            async for output in self._llm.generate({"prompt": prompt}, params, request_id):
+            params = SamplingParams(
+                max_tokens=spec.max_tokens,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                stop=list(spec.stop) or None,
+                seed=spec.seed,
+                ignore_eos=spec.ignore_eos,
+                # Only the final output: no per-token objects built and thrown away.
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            async for output in self._llm.generate(prompt, params, request_id):
                 final = output
         except VllmEngineDeadError as exc:
             raise EngineDeadError(str(exc)) from exc
-        except VLLMClientError as exc:  # e.g. the prompt is longer than the context
+        except (VLLMClientError, ValueError) as exc:  # the request itself is invalid
             raise RequestRejectedError(str(exc)) from exc
         except EngineGenerateError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ValueError):  # input validation raised before scheduling
-                raise RequestRejectedError(str(cause)) from exc
-            raise EngineError(repr(cause or exc)) from exc
-        except ValueError as exc:
-            raise RequestRejectedError(str(exc)) from exc
+            raise EngineError(repr(exc.__cause__ or exc)) from exc
         if self._llm.errored:
             raise EngineDeadError("the engine stopped while the request ran")
         if final is None or not final.outputs:
             raise EngineError("the engine returned no output")
         completion = final.outputs[0]
+        if completion.finish_reason == "abort":  # vLLM aborted it (shutting down): not a result
+            raise EngineError("the engine aborted the request")
         return Generation(
             text=completion.text,
             finish_reason=completion.finish_reason,
