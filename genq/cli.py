@@ -207,6 +207,27 @@ def make_test_model(
 
 
 @app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Tiny model, 64 requests, 1 repeat."),
+    repeat: Optional[int] = typer.Option(None, "--repeat", help="Runs per figure (median)."),
+    requests: Optional[int] = typer.Option(None, "--requests"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model dir."),
+) -> None:
+    """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
+    from genq.testmodel import build_test_model
+    from producers.bench import Workload, run_bench
+    size = "tiny" if quick else "bench"
+    path = model or build_test_model(Path(f".genq/models/{size}"), size=size)
+    defaults = (dict(requests=64, max_tokens=32, max_num_seqs=64, naive_requests=32, repeat=1,
+                     max_model_len=512) if quick else {})
+    overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
+                                       repeat=repeat).items() if v is not None}
+    run_bench(Workload(model_path=path, **{**defaults, **overrides}), json_path=json_path)
+
+
+@app.command()
 def demo(
     jobs: int = typer.Option(100, "--jobs"),
     flower_port: int = typer.Option(5555, "--flower-port"),

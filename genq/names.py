@@ -4,14 +4,22 @@ anywhere else, so a rename is one edit and two components can never disagree."""
 from __future__ import annotations
 
 __all__ = [
+    "CACHE_PREFIX",
+    "CACHE_STATS",
     "CANCEL_CHANNEL",
     "CELERY_RESULT_PREFIX",
     "DEAD_EXCHANGE",
     "EXCHANGE",
+    "FLIGHT_PREFIX",
+    "FOLLOWERS_PREFIX",
+    "JOB_PREFIX",
     "TASK_NAME",
+    "cache_entry_key",
     "celery_result_key",
     "dead_queue",
     "dead_routing_key",
+    "flight_key",
+    "followers_key",
     "idempotency_key",
     "job_key",
     "level_queue",
@@ -69,9 +77,25 @@ LEASES = PREFIX + "leases"
 
 WORKER_STATS_PREFIX = PREFIX + "worker:"
 
+JOB_PREFIX = PREFIX + "job:"
+
+# The result cache and single flight (genq/cache.py). The Lua scripts in genq/store.py reach
+# other jobs' keys (a leader's followers) by these prefixes, passed in as arguments.
+CACHE_PREFIX = PREFIX + "cache:"
+"""A stored result (hash), by cache key; it expires after `cache_ttl`."""
+
+CACHE_STATS = PREFIX + "cache-stats"
+"""Hash of counters: `hits`, `misses`, `followers` (see `JobStore.cache_stats`)."""
+
+FLIGHT_PREFIX = PREFIX + "flight:"
+"""The job ID now running (or queued for) a cache key: the single flight's leader."""
+
+FOLLOWERS_PREFIX = PREFIX + "followers:"
+"""List of job IDs waiting on a leader's result, by the leader's job ID."""
+
 
 def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
+    return f"{JOB_PREFIX}{job_id}"
 
 
 def celery_result_key(job_id: str) -> str:
@@ -84,3 +108,15 @@ def idempotency_key(tenant: str, key: str) -> str:
 
 def worker_stats_key(worker: str) -> str:
     return f"{WORKER_STATS_PREFIX}{worker}"
+
+
+def cache_entry_key(cache_key: str) -> str:
+    return f"{CACHE_PREFIX}{cache_key}"
+
+
+def flight_key(cache_key: str) -> str:
+    return f"{FLIGHT_PREFIX}{cache_key}"
+
+
+def followers_key(job_id: str) -> str:
+    return f"{FOLLOWERS_PREFIX}{job_id}"

@@ -58,6 +58,15 @@ class ClientSettings(FleetSettings):
     """Seconds an idempotency key keeps returning the same task ID."""
     default_tenant: str = "default"
     """Tenant of jobs submitted without one."""
+    # The cache settings travel in each cacheable job's record, so the worker that runs it
+    # applies the submitter's TTL and bound; workers need no cache settings of their own.
+    result_cache: bool = True
+    """Result cache and single flight for deterministic requests (a request opts out with
+    `cache: false`); False turns both off for this producer."""
+    cache_ttl: int = Field(3600, ge=0, le=30 * 86_400)
+    """Seconds a stored result is served; 0 stores none (single flight still applies)."""
+    cache_max_bytes: int = Field(1_000_000, ge=0, le=64_000_000)
+    """Results larger than this (their JSON, in bytes) are not stored."""
 
 
 class WorkerSettings(FleetSettings):

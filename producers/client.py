@@ -5,13 +5,15 @@ message with confirms and returns the task ID at once. Results are read from Red
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from genq import names
-from genq.errors import PublishError, TimeoutError
+from genq.cache import CacheStats, cache_key
+from genq.errors import GenqError, PublishError, TimeoutError
 from genq.protocol import encode_task
 from genq.schema import JobRecord, JobSpec, parse_spec
 from genq.settings import ClientSettings
@@ -19,6 +21,12 @@ from genq.store import JobStore, new_record_fields
 from producers.publisher import OutgoingJob, Publisher
 
 __all__ = ["Client"]
+
+log = logging.getLogger(__name__)
+
+# A follower promoted when the client cancels its leader holds a lease for this many publish
+# timeouts (the publisher tries a few connections), then a worker's reaper republishes it.
+_PROMOTE_LEASE_FACTOR = 4
 
 # Polling for a result starts fast (a short job is done in tens of ms) and backs off so
 # thousands of waiting clients don't hammer Redis.
@@ -63,33 +71,51 @@ class Client:
         """Submit many jobs; every one is confirmed by the broker or this raises.
 
         All are validated before anything is written, so an invalid request publishes
-        nothing. On `PublishError`, `.accepted` holds the IDs that were confirmed."""
+        nothing. A deterministic request may be answered from the result cache or join an
+        identical job in flight (see genq/cache.py); it is then not published, and its record
+        is `succeeded` (`cached`) at once or when the identical job ends. On `PublishError`,
+        `.accepted` holds the IDs that were accepted."""
         specs = [self.validate(r) for r in requests]
         now = time.time()
         ids = [uuid.uuid4().hex for _ in specs]
         ids, fresh = self._claim_idempotency(specs, ids)
-        records, outgoing = [], []
+        records: list[dict[str, str]] = []
+        pending: dict[str, tuple[JobSpec, float | None]] = {}
         for i in fresh:
             spec, job_id = specs[i], ids[i]
             tenant = spec.tenant or self.settings.default_tenant
             deadline_at = spec.deadline_at(now)
             records.append(new_record_fields(
-                spec, job_id=job_id, tenant=tenant, enqueued_at=now, deadline_at=deadline_at
+                spec, job_id=job_id, tenant=tenant, enqueued_at=now, deadline_at=deadline_at,
+                cache_key=cache_key(spec) if self.settings.result_cache else None,
+                cache_ttl=self.settings.cache_ttl, cache_max_bytes=self.settings.cache_max_bytes,
             ))
-            headers, body = encode_task(
-                spec, job_id=job_id, enqueued_at=now, deadline_at=deadline_at
-            )
-            outgoing.append(OutgoingJob(job_id, spec.model, spec.priority, headers, body))
+            pending[job_id] = (spec, deadline_at)
         # The record goes first: a worker that receives the message must find it.
-        self.store.create(records)
+        created = self.store.create(records)
+        outgoing: list[OutgoingJob] = []
+        for fields, outcome in zip(records, created):
+            if outcome.outcome in ("new", "leader"):  # not answered, not following
+                job_id = fields["id"]
+                spec, deadline_at = pending[job_id]
+                headers, body = encode_task(
+                    spec, job_id=job_id, enqueued_at=now, deadline_at=deadline_at
+                )
+                outgoing.append(OutgoingJob(job_id, spec.model, spec.priority, headers, body))
         try:
-            self._publisher.publish(outgoing)
+            if outgoing:
+                self._publisher.publish(outgoing)
         except PublishError as exc:
             confirmed = getattr(exc, "confirmed", 0)
             lost = [job.job_id for job in outgoing[confirmed:]]
-            self.store.delete(lost)
-            self._release_idempotency([specs[i] for i in fresh[confirmed:]])
-            exc.accepted = [job.job_id for job in outgoing[:confirmed]]  # type: ignore[attr-defined]
+            # Followers in this batch of a leader that was lost go with it (after it).
+            lost_set = set(lost)
+            lost += [f["id"] for f, c in zip(records, created) if c.leader in lost_set]
+            lost_set.update(lost)
+            self.store.abandon(lost, error=f"not published: {exc}")
+            self._release_idempotency([specs[i] for i in fresh if ids[i] in lost_set])
+            accepted = [ids[i] for i in fresh if ids[i] not in lost_set]
+            exc.accepted = accepted  # type: ignore[attr-defined]
             raise
         return ids
 
@@ -183,5 +209,29 @@ class Client:
     def cancel(self, job_id: str) -> str:
         """Cancel a job: a queued one becomes `cancelled` and never runs; a running one is
         aborted in the engine by its worker. Returns `cancelled`, `cancelling`, or the
-        terminal state the job had already reached."""
-        return self.store.cancel(job_id)
+        terminal state the job had already reached. Jobs waiting on this one's result (single
+        flight) are not cancelled: one of them runs in its place."""
+        lease = time.time() + _PROMOTE_LEASE_FACTOR * self.settings.publish_timeout
+        outcome, promoted = self.store.cancel_job(job_id, promote_lease=lease)
+        if promoted is not None:
+            self._publish_promoted(promoted, lease)
+        return outcome
+
+    def cache_stats(self) -> CacheStats:
+        """The fleet's result-cache counters: hits, misses, followers, and the hit rate."""
+        return self.store.cache_stats()
+
+    def _publish_promoted(self, job_id: str, lease: float) -> None:
+        try:
+            message = self.store.task_message(job_id)
+            headers, body = encode_task(message.spec, job_id=job_id,
+                                        enqueued_at=message.enqueued_at,
+                                        deadline_at=message.deadline_at)
+            self._publisher.publish([OutgoingJob(job_id, message.spec.model,
+                                                 message.spec.priority, headers, body)])
+            self.store.release(job_id, lease)
+        except (GenqError, KeyError, ValueError) as exc:  # a broker or store error, a bad record
+            # The cancel itself is done. The follower keeps its lease; when it expires a
+            # worker's reaper publishes it, as it does for the jobs of a worker that died.
+            log.warning("job %s: publishing it in place of a cancelled job failed (%s); "
+                        "a worker will republish it", job_id, exc)

@@ -243,7 +243,7 @@ class GpuConsumer:
             self.stats["admitted"] += 1
             self.events.started(job_id)
         elif decision == "expired":
-            asyncio.ensure_future(self.ledger.finish(
+            asyncio.ensure_future(self._end(
                 job_id, JobState.EXPIRED, error="deadline passed before the job started"))
             self.events.revoked(job_id, expired=True)
         elif decision == "missing":
@@ -267,8 +267,8 @@ class GpuConsumer:
             generation = await self.engine.generate(job_id, message.spec)
         except asyncio.CancelledError:
             if running.cancel_requested:
-                await self.ledger.finish(job_id, JobState.CANCELLED,
-                                         error="cancelled by the client while running")
+                await self._end(job_id, JobState.CANCELLED,
+                                error="cancelled by the client while running")
                 self.events.revoked(job_id)
             else:
                 await self.courier.hand_back(message, attempts=attempt)
@@ -323,6 +323,16 @@ class GpuConsumer:
                                            attempts=message.attempts + 1, job_id=message.job_id)
             self.stats["dead_lettered"] += 1
 
+    async def _end(self, job_id: str, state: JobState, *, error: str) -> None:
+        """Record a job cancelled or expired. If identical jobs were waiting on its result
+        (single flight), one of them now runs in its place: publish it at once rather than
+        at the next reaper pass (its lease is already expired, so `reap` takes it)."""
+        if await self.ledger.finish(job_id, state, error=error) == "promoted":
+            try:
+                self.stats["reaped"] += await self.courier.reap()
+            except Exception:  # the lease loop's reaper tries again
+                log.warning("publishing a promoted follower failed", exc_info=True)
+
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
@@ -350,7 +360,8 @@ class GpuConsumer:
             try:
                 snapshot = {"model": self.model, "capacity": self.capacity,
                             "running": len(self._running), "held": len(self._held),
-                            "pid": os.getpid(), "at": time.time(), **self.stats}
+                            "pid": os.getpid(), "at": time.time(), **self.stats,
+                            **self.engine.counters.snapshot()}
                 await self.ledger.redis.hset(key, mapping=snapshot)
                 await self.ledger.redis.expire(key, _HEARTBEAT_TTL)
             except Exception:  # Redis away: the next beat tries again

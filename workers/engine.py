@@ -24,6 +24,7 @@ from vllm.v1.engine.exceptions import EngineGenerateError
 
 from genq.errors import EngineDeadError, EngineError, RequestRejectedError
 from genq.schema import JobSpec
+from workers.engine_stats import EngineCounters, counting_logger
 
 __all__ = ["Engine", "Generation", "parse_engine_args"]
 
@@ -47,8 +48,9 @@ def parse_engine_args(argv: list[str]) -> AsyncEngineArgs:
 
 
 class Engine:
-    def __init__(self, llm: AsyncLLM, args: AsyncEngineArgs) -> None:
+    def __init__(self, llm: AsyncLLM, args: AsyncEngineArgs, counters: EngineCounters) -> None:
         self._llm = llm
+        self.counters = counters
         self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
         self.max_model_len: int = llm.vllm_config.model_config.max_model_len
         self.model: str = args.model
@@ -57,7 +59,9 @@ class Engine:
     def start(cls, args: AsyncEngineArgs) -> Engine:
         # On CPU vLLM sizes its KV cache from this (GiB); without it start-up fails.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        return cls(AsyncLLM.from_engine_args(args), args)
+        counters = EngineCounters()
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[counting_logger(counters)])
+        return cls(llm, args, counters)
 
     async def render(self, spec: JobSpec) -> Any:
         """Tokenize through vLLM's renderer: the prompt verbatim, or chat messages through

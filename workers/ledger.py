@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from genq import names
 from genq.schema import JobState
-from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, celery_meta
+from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, SCRIPT_PREFIXES, celery_meta, date_done
 
 __all__ = ["Ledger"]
 
@@ -56,15 +56,28 @@ class Ledger:
         error: str | None = None,
         fields: dict[str, str] | None = None,
     ) -> str:
-        """Store a terminal state and result, unless the job already has one (first wins)."""
-        values = {"state": state.value, "finished_at": repr(time.time()), **(fields or {})}
+        """Store a terminal state and result, unless the job already has one (first wins),
+        and settle its single flight in the same step (see genq/store.py): followers get the
+        result, or the failure, or (the leader cancelled or expired) one of them is promoted
+        to run in its place. Returns `ok`, `promoted` (call `Courier.reap` to publish the
+        promoted follower now: its lease is already expired), `missing`, or the state the job
+        already had."""
+        now = time.time()
+        date = date_done()
+        values = {"state": state.value, "finished_at": repr(now), **(fields or {})}
         if error is not None:
             values["error"] = error
+        result_json = ""
         if result is not None:
             values["text"] = result["text"]
             values["finish_reason"] = result.get("finish_reason") or ""
             values["usage"] = json.dumps(result["usage"])
-        args: list[Any] = [job_id, self._ttl, celery_meta(job_id, state, result, error=error)]
+            result_json = json.dumps(result)
+        args: list[Any] = [
+            *SCRIPT_PREFIXES, job_id, self._ttl,
+            celery_meta(job_id, state, result, error=error, date=date),
+            repr(now), date, result_json, repr(now),
+        ]
         for k, v in values.items():
             args += [k, v]
         return str(await self._finish(

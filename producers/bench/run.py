@@ -1,0 +1,140 @@
+"""Running the bench: engine limit and fleet alternately (A B A B ...: the machine is shared
+and noisy, so each ratio compares neighbours), then the naive baseline, light-load latency,
+submission rates and worker memory. Every figure is a median over the repeats."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from producers.bench.contenders import EngineLimit, Fleet, NaiveCelery
+from producers.bench.submission import measure_submission, purge_model
+from producers.bench.workload import Workload, percentile
+
+__all__ = ["run_bench"]
+
+_LIGHT_LOAD_JOBS = 30
+_MEMORY_QUEUE_DEPTH = 10_000
+_MEMORY_SETTLE_SECONDS = 5.0
+
+
+def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -> dict[str, Any]:
+    workload = workload.with_prompts()
+    env = {**os.environ}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    logs = Path(tempfile.mkdtemp(prefix="genq-bench-"))
+    say(f"workload: {workload.describe()}  (logs in {logs})")
+    results: dict[str, Any] = {"workload": workload.describe(), "pairs": []}
+
+    engine = EngineLimit(workload, env, logs)
+    fleet = Fleet(workload, env, logs)
+    try:
+        for r in range(workload.repeat):
+            a = engine.run(workload)
+            b = fleet.run(workload)
+            pair = {"engine": a, "fleet": b, "fleet_over_engine": b["tokens_per_s"] / a["tokens_per_s"]}
+            results["pairs"].append(pair)
+            say(f"pair {r + 1}/{workload.repeat}: engine {a['tokens_per_s']:.0f} tok/s, "
+                f"fleet {b['tokens_per_s']:.0f} tok/s, ratio {pair['fleet_over_engine']:.3f}, "
+                f"occupancy {b['occupancy']:.2f}")
+        light_prompts = list(workload.prompts[:_LIGHT_LOAD_JOBS])
+        engine_lat = engine.latencies(light_prompts)
+        fleet_lat = fleet.latencies(light_prompts)
+        results["light_load"] = {
+            "engine_p50_ms": percentile(engine_lat, 50) * 1000,
+            "fleet_p50_ms": percentile(fleet_lat, 50) * 1000,
+            "added_p50_ms": (percentile(fleet_lat, 50) - percentile(engine_lat, 50)) * 1000}
+        say(f"light load: {results['light_load']}")
+    finally:
+        engine.stop()
+    try:
+        results["memory"] = _memory_with_deep_queue(fleet, workload)
+        say(f"memory: {results['memory']}")
+    finally:
+        fleet.stop()
+
+    naive = NaiveCelery(workload, env, logs)
+    try:
+        results["naive"] = naive.run(workload)
+        say(f"naive Celery: {results['naive']['tokens_per_s']:.0f} tok/s "
+            f"on {results['naive']['requests']} requests")
+    finally:
+        naive.stop()
+
+    results["submission"] = measure_submission(5_000 if workload.repeat > 1 else 2_000)
+    say(f"submission: {results['submission']}")
+    summary = _summarize(results)
+    results.update(summary)
+    say(_table(results))
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2))
+        say(f"wrote {json_path}")
+    return results
+
+
+def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float]:
+    """Worker RSS (its own process, not the engine's) with many jobs queued behind it."""
+    idle_rss = fleet.worker_rss_mb()
+    prompts = [workload.prompts[i % len(workload.prompts)] for i in range(_MEMORY_QUEUE_DEPTH)]
+    ids = fleet.client.submit_many([
+        {"model": fleet.model, "prompt": p, "max_tokens": workload.max_tokens,
+         "ignore_eos": True, "priority": i % 10, "cache": False}
+        for i, p in enumerate(prompts)])
+    time.sleep(_MEMORY_SETTLE_SECONDS)  # the worker fills its batch and its window
+    loaded_rss = fleet.worker_rss_mb()
+    held = int(fleet.stats().get("held", 0))
+    for job_id in ids:  # queued ones never run, running ones are aborted
+        fleet.client.cancel(job_id)
+    purge_model(fleet.client, fleet.model)
+    return {"queued": _MEMORY_QUEUE_DEPTH, "worker_rss_idle_mb": idle_rss,
+            "worker_rss_loaded_mb": loaded_rss, "held_window": held}
+
+
+def _summarize(results: dict[str, Any]) -> dict[str, Any]:
+    pairs = results["pairs"]
+    engine = statistics.median(p["engine"]["tokens_per_s"] for p in pairs)
+    fleet = statistics.median(p["fleet"]["tokens_per_s"] for p in pairs)
+    naive = results["naive"]["tokens_per_s"]
+
+    def med(key: str) -> float:
+        return statistics.median(p["fleet"][key] for p in pairs)
+    return {
+        "engine_tokens_per_s": engine,
+        "fleet_tokens_per_s": fleet,
+        "naive_tokens_per_s": naive,
+        "fleet_over_engine": statistics.median(p["fleet_over_engine"] for p in pairs),
+        "fleet_over_naive": fleet / naive,
+        "occupancy": med("occupancy"),
+        "prefix_hit_rate": med("prefix_hit_rate"),
+        "queue_to_start_p50_s": med("queue_to_start_p50"),
+        "queue_to_start_p99_s": med("queue_to_start_p99"),
+        "submit_to_result_p50_s": med("submit_to_result_p50"),
+        "submit_to_result_p99_s": med("submit_to_result_p99"),
+        "worker_cpu_ms_per_job": med("worker_cpu_ms_per_job"),
+    }
+
+
+def _table(r: dict[str, Any]) -> str:
+    rows = [
+        ("engine limit (vLLM LLM.generate)", f"{r['engine_tokens_per_s']:.0f} tok/s"),
+        ("genq fleet (1 worker)", f"{r['fleet_tokens_per_s']:.0f} tok/s"),
+        ("naive Celery baseline (solo, batch 1)", f"{r['naive_tokens_per_s']:.0f} tok/s"),
+        ("fleet / engine (median of pairs)", f"{r['fleet_over_engine']:.3f}"),
+        ("fleet / naive", f"{r['fleet_over_naive']:.1f}x"),
+        ("batch occupancy", f"{r['occupancy']:.2f}"),
+        ("queue-to-start p50 / p99", f"{r['queue_to_start_p50_s']:.2f} / {r['queue_to_start_p99_s']:.2f} s"),
+        ("submit-to-result p50 / p99", f"{r['submit_to_result_p50_s']:.2f} / {r['submit_to_result_p99_s']:.2f} s"),
+        ("light load added p50", f"{r['light_load']['added_p50_ms']:.1f} ms"),
+        ("submit_many", f"{r['submission']['submit_jobs_per_s']:.0f} jobs/s"),
+        ("status reads", f"{r['submission']['status_reads_per_s']:.0f} reads/s"),
+        ("worker RSS with 10k queued", f"{r['memory']['worker_rss_loaded_mb']:.0f} MB"),
+        ("worker CPU per job", f"{r['worker_cpu_ms_per_job']:.2f} ms"),
+        ("prefix cache hit rate", f"{r['prefix_hit_rate']:.2%}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)

@@ -1,0 +1,63 @@
+"""The engine's own limit: vLLM's offline `LLM.generate` on every prompt at once.
+
+Run as `python -m workers.bench.engine_limit --model DIR ...`; it loads the engine once,
+warms it up, then answers JSON commands on stdin with JSON lines on stdout, so the bench
+can alternate engine runs with fleet runs (A B A B) without reloading the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from vllm import LLM, SamplingParams
+
+
+def _params(data: dict[str, Any]) -> SamplingParams:
+    return SamplingParams(**data)
+
+
+def serve(llm: LLM, out: TextIO) -> None:
+    for line in sys.stdin:
+        command = json.loads(line)
+        params = _params(command["params"])
+        if command["op"] == "batch":
+            start = time.perf_counter()
+            outputs = llm.generate(command["prompts"], params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+            reply: dict[str, Any] = {"tokens": tokens, "seconds": seconds}
+        elif command["op"] == "latency":
+            latencies = []
+            for prompt in command["prompts"]:
+                start = time.perf_counter()
+                llm.generate([prompt], params, use_tqdm=False)
+                latencies.append(time.perf_counter() - start)
+            reply = {"latencies": latencies}
+        else:
+            reply = {"error": f"unknown op {command['op']!r}"}
+        print(json.dumps(reply), file=out, flush=True)
+
+
+def main() -> None:
+    # vLLM and its engine processes log to stdout: keep the real stdout for replies and send
+    # fd 1 (inherited by the engine processes) to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    args = parser.parse_args()
+    llm = LLM(model=args.model, max_num_seqs=args.max_num_seqs,
+              max_model_len=args.max_model_len, enforce_eager=True, seed=0)
+    llm.generate(["warm up"] * 8, SamplingParams(max_tokens=8), use_tqdm=False)
+    print(json.dumps({"ready": True}), file=out, flush=True)
+    serve(llm, out)
+
+
+if __name__ == "__main__":
+    main()
