@@ -81,8 +81,12 @@ class WorkerSettings(FleetSettings):
     """Attempts before a job that keeps failing in the engine is failed and dead-lettered."""
     grace_period: float = Field(30.0, ge=0)
     """Seconds a stopping worker lets running jobs finish before handing them back."""
-    policy: str = Field("score", pattern="^(score|fcfs)$")
-    """Admission policy: `score` (α·priority + β·wait) or `fcfs`."""
+    policy: str = Field("score", pattern="^(score|fcfs|fair)$")
+    """Admission policy: `score` (α·priority + β·wait), `fcfs`, or `fair` (per-tenant
+    virtual token counters within a band of `fair_levels` levels of the best score)."""
+    fair_levels: float = Field(2.0, ge=0, le=64)
+    """Under `fair`: how many levels below the best held score a less-served tenant may be
+    picked; it widens the starvation bound by fair_levels·α/β seconds."""
     admit_headroom: int = Field(0, ge=0)
     """Jobs admitted beyond max_num_seqs so a freed batch slot is refilled without waiting on
     the broker. They wait inside vLLM, outside genq's ordering; keep it small."""

@@ -48,9 +48,20 @@ EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
 
 
+def _expected_tokens(message: TaskMessage) -> float:
+    """What a job will cost its tenant, known before it runs (the fair policy charges at
+    admission so one batch can't all go to one tenant): ~4 characters a token, plus its
+    max_tokens. Trued up with the real counts when it ends."""
+    spec = message.spec
+    chars = len(spec.prompt or "") + sum(len(m.content) for m in spec.messages or ())
+    return chars / 4 + (spec.max_tokens or 0)
+
+
 @dataclass(slots=True)
 class _Running:
     message: TaskMessage
+    cost: float = 0.0
+    """Tokens charged to its tenant at admission (fair policy), trued up when it ends."""
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -64,7 +75,8 @@ class GpuConsumer:
         self.hostname = hostname
         self._engine_args = engine_args
         self._app = app
-        self._queue = create_admission_queue(settings.policy, alpha=settings.alpha,
+        self._queue = create_admission_queue(settings.policy, fair_levels=settings.fair_levels,
+                                             alpha=settings.alpha,
                                              beta=settings.beta)
         self._held: dict[str, Candidate[Delivery]] = {}
         self._running: dict[str, _Running] = {}
@@ -186,6 +198,7 @@ class GpuConsumer:
             self.broker.ack(delivery.epoch, delivery.tag)
             return
         candidate = Candidate(job_id=job_id, priority=message.spec.priority,
+                              cost=_expected_tokens(message),
                               enqueued_at=message.enqueued_at,
                               tenant=message.spec.tenant or "default",
                               payload=(delivery, message))
@@ -237,7 +250,7 @@ class GpuConsumer:
         delivery, message = candidate.payload
         job_id = message.job_id
         if decision == "running":
-            running = _Running(message)
+            running = _Running(message, cost=candidate.cost)
             self._running[job_id] = running
             running.task = asyncio.create_task(self._run(running), name=job_id)
             self.stats["admitted"] += 1
@@ -253,6 +266,8 @@ class GpuConsumer:
             self.events.failed(job_id, error="no job record")
         elif decision in (JobState.CANCELLED.value, JobState.EXPIRED.value):
             self.events.revoked(job_id, expired=decision == JobState.EXPIRED.value)
+        if decision != "running":  # it never ran here: give its tenant the charge back
+            self._queue.charge(candidate.tenant, -candidate.cost)
         # "leased" (a live worker runs it) and terminal states: this copy is surplus.
         # Ack only now: ADMIT has recorded the job, so the message is no longer its only trace.
         self.broker.ack(delivery.epoch, delivery.tag)
@@ -297,6 +312,8 @@ class GpuConsumer:
 
     async def _succeed(self, running: _Running, generation: Generation) -> None:
         job_id = running.message.job_id
+        self._queue.charge(running.message.spec.tenant or "default",
+                           generation.prompt_tokens + generation.completion_tokens - running.cost)
         result = {
             "text": generation.text,
             "finish_reason": generation.finish_reason,
