@@ -96,9 +96,12 @@ def submit(
 @app.command()
 @_guard
 def status(job_id: str) -> None:
-    """Print a job's record (JSON)."""
+    """Print a job's record (JSON); a queued job also gets its queue position estimate."""
     with _client() as client:
-        _print_record(client.status(job_id))
+        record = client.status(job_id)
+        _print_record(record)
+        if record.state.value == "queued":
+            typer.echo(json.dumps({"queue": client.queue_estimate(record)}))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from genq.schema import JobRecord, JobSpec, parse_spec
 from genq.settings import ClientSettings
 from genq.store import JobStore, new_record_fields
 from producers.publisher import OutgoingJob, Publisher
+from producers.queues import queue_depths
 
 __all__ = ["Client"]
 
@@ -164,6 +165,22 @@ class Client:
     def status(self, job_id: str) -> JobRecord:
         """The job record now; `NotFoundError` for an unknown ID."""
         return self.store.get(job_id)
+
+    def queue_estimate(self, record: JobRecord) -> dict[str, Any]:
+        """For a queued job: its level, its wait so far and the depth of every level's queue.
+        `ahead_at_most` counts the other jobs at its level and above: an upper bound, since
+        RabbitMQ can't say which of its own level's jobs are behind it, and a higher-level
+        job that arrived more than (α/β)·Δp seconds after it is behind it too."""
+        depths = queue_depths(self.settings.broker_url, record.model, self.settings.levels)
+        return {
+            "level": record.priority,
+            "waited_s": round(record.wait_seconds(), 3),
+            "depth_by_level": depths,
+            # Its own message is in its level's count.
+            "ahead_at_most": max(0, sum(n for level, n in depths.items()
+                                        if level >= record.priority) - 1),
+            "estimate": True,
+        }
 
     def status_many(self, job_ids: list[str]) -> list[JobRecord]:
         return self.store.get_many(job_ids)

@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 _HEARTBEAT_PERIOD = 1.0
 _HEARTBEAT_TTL = 5
 
+# Pause after a Redis error before trying again (admission, finishing a job).
+_REDIS_RETRY_SECONDS = 1.0
+# A finished job's result is kept trying for this long while Redis is away; past it the
+# job's lease expires and another attempt produces the result instead.
+_FINISH_RETRY_SECONDS = 120.0
+
 EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
 
@@ -241,6 +247,15 @@ class GpuConsumer:
                 self._admitting += len(batch)
                 try:
                     decisions = await self.ledger.admit([c.job_id for c in batch])
+                except Exception as exc:  # Redis away: give the messages back, try later
+                    log.warning("admission failed (%r); handing %d messages back",
+                                exc, len(batch))
+                    for candidate in batch:
+                        delivery = candidate.payload[0]
+                        self.broker.requeue(delivery.epoch, delivery.tag)
+                        self._queue.charge(candidate.tenant, -candidate.cost)
+                    await asyncio.sleep(_REDIS_RETRY_SECONDS)
+                    continue
                 finally:
                     self._admitting -= len(batch)
                 for candidate, decision in zip(batch, decisions):
@@ -310,6 +325,19 @@ class GpuConsumer:
             assert self._wake is not None
             self._wake.set()
 
+    async def _finish(self, job_id: str, state: JobState, **kwargs: Any) -> str:
+        """Store a job's end, riding out a Redis restart. If Redis stays away too long the
+        result is dropped here and the job's expiring lease has it run again elsewhere."""
+        deadline = time.monotonic() + _FINISH_RETRY_SECONDS
+        while True:
+            try:
+                return await self.ledger.finish(job_id, state, **kwargs)
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    log.error("job %s: result not stored (%r); its lease will expire", job_id, exc)
+                    return "unstored"
+                await asyncio.sleep(_REDIS_RETRY_SECONDS)
+
     async def _succeed(self, running: _Running, generation: Generation) -> None:
         job_id = running.message.job_id
         self._queue.charge(running.message.spec.tenant or "default",
@@ -321,14 +349,14 @@ class GpuConsumer:
                       "completion_tokens": generation.completion_tokens},
             "model": self.model,
         }
-        await self.ledger.finish(job_id, JobState.SUCCEEDED, result=result)
+        await self._finish(job_id, JobState.SUCCEEDED, result=result)
         self.stats["succeeded"] += 1
         self.events.succeeded(job_id, result=f"{generation.completion_tokens} tokens",
                               runtime=time.monotonic() - running.started)
 
     async def _fail(self, running: _Running, error: str, *, dead_letter: bool = False) -> None:
         message = running.message
-        await self.ledger.finish(message.job_id, JobState.FAILED, error=error)
+        await self._finish(message.job_id, JobState.FAILED, error=error)
         self.stats["failed"] += 1
         self.events.failed(message.job_id, error=error)
         if dead_letter:
@@ -344,7 +372,7 @@ class GpuConsumer:
         """Record a job cancelled or expired. If identical jobs were waiting on its result
         (single flight), one of them now runs in its place: publish it at once rather than
         at the next reaper pass (its lease is already expired, so `reap` takes it)."""
-        if await self.ledger.finish(job_id, state, error=error) == "promoted":
+        if await self._finish(job_id, state, error=error) == "promoted":
             try:
                 self.stats["reaped"] += await self.courier.reap()
             except Exception:  # the lease loop's reaper tries again

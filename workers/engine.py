@@ -91,6 +91,10 @@ class Engine:
                 stop=list(spec.stop) or None,
                 seed=spec.seed,
                 ignore_eos=spec.ignore_eos,
+                # Incremental detokenizing costs the worker's process CPU at every step of
+                # every job; without stop strings nothing needs the text before the end, so
+                # it is decoded once, below.
+                detokenize=bool(spec.stop),
                 # Only the final output: no per-token objects built and thrown away.
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
@@ -109,8 +113,10 @@ class Engine:
         completion = final.outputs[0]
         if completion.finish_reason == "abort":  # vLLM aborted it (shutting down): not a result
             raise EngineError("the engine aborted the request")
+        text = completion.text if spec.stop else self._llm.get_tokenizer().decode(
+            completion.token_ids, skip_special_tokens=True)
         return Generation(
-            text=completion.text,
+            text=text,
             finish_reason=completion.finish_reason,
             prompt_tokens=len(final.prompt_token_ids or ()),
             completion_tokens=len(completion.token_ids),

@@ -18,7 +18,7 @@ from celery import Celery
 
 from genq import names
 from genq.local import WorkerProcess, wait_for
-from producers.bench.submission import purge_model
+from producers.queues import purge_model
 from producers.bench.workload import Workload, percentile
 from producers.client import Client
 
@@ -155,7 +155,8 @@ class Fleet:
 
     def stop(self) -> None:
         self.worker.stop()
-        purge_model(self.client, self.model, delete=True)
+        purge_model(self.client.settings.broker_url, self.model, self.client.settings.levels,
+                    delete=True)
         self.client.close()
         self.redis.close()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from producers.bench.contenders import EngineLimit, Fleet, NaiveCelery
-from producers.bench.submission import measure_submission, purge_model
+from producers.bench.submission import measure_submission
+from producers.queues import purge_model
 from producers.bench.workload import Workload, percentile
 
 __all__ = ["run_bench"]
@@ -90,7 +91,7 @@ def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float
     held = int(fleet.stats().get("held", 0))
     for job_id in ids:  # queued ones never run, running ones are aborted
         fleet.client.cancel(job_id)
-    purge_model(fleet.client, fleet.model)
+    purge_model(fleet.client.settings.broker_url, fleet.model, fleet.client.settings.levels)
     return {"queued": _MEMORY_QUEUE_DEPTH, "worker_rss_idle_mb": idle_rss,
             "worker_rss_loaded_mb": loaded_rss, "held_window": held}
 

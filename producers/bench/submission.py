@@ -6,12 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import pika
-
-from genq import names
 from producers.client import Client
+from producers.queues import purge_model
 
-__all__ = ["measure_submission", "purge_model"]
+__all__ = ["measure_submission"]
 
 
 def measure_submission(jobs: int, *, levels: int = 10) -> dict[str, float]:
@@ -26,19 +24,7 @@ def measure_submission(jobs: int, *, levels: int = 10) -> dict[str, float]:
         start = time.perf_counter()
         client.status_many(ids)
         status_s = time.perf_counter() - start
-        purge_model(client, model, delete=True)
+        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
         client.store.delete(ids)
     return {"jobs": jobs, "submit_jobs_per_s": jobs / submit_s,
             "status_reads_per_s": jobs / status_s}
-
-
-def purge_model(client: Client, model: str, *, delete: bool = False) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
-    channel = conn.channel()
-    for queue in [names.level_queue(model, p) for p in range(client.settings.levels)] + [
-            names.dead_queue(model)]:
-        if delete:
-            channel.queue_delete(queue)
-        else:
-            channel.queue_purge(queue)
-    conn.close()

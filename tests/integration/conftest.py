@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
-from genq import names, services
+from genq import services
 from genq.settings import ClientSettings
 from producers import Client
+from producers.queues import purge_model
 from genq.local import FlowerProcess, WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,15 +64,7 @@ def fleet_env(services_up: None, model_name: str, tmp_path_factory: pytest.TempP
         "PYTHONPATH": str(REPO),
     })
     yield env
-    _delete_queues(model_name)
-
-
-def _delete_queues(model: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(ClientSettings().broker_url))
-    channel = conn.channel()
-    for queue in [names.level_queue(model, p) for p in range(LEVELS)] + [names.dead_queue(model)]:
-        channel.queue_delete(queue)
-    conn.close()
+    purge_model(ClientSettings().broker_url, model_name, LEVELS, delete=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +87,9 @@ def make_worker(fleet_env: dict[str, str], tiny_model: Path, model_name: str,
 
     def make(*, start: bool = True, env: dict[str, str] | None = None, **kwargs: object
              ) -> WorkerProcess:
-        worker = WorkerProcess(model_path=tiny_model, model_name=model_name,
-                               env={**fleet_env, **(env or {})}, log_dir=log_dir,
-                               **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("model_name", model_name)
+        worker = WorkerProcess(model_path=tiny_model, env={**fleet_env, **(env or {})},
+                               log_dir=log_dir, **kwargs)  # type: ignore[arg-type]
         started.append(worker)
         return worker.start() if start else worker
 

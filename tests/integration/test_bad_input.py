@@ -15,6 +15,7 @@ from genq import names
 from genq.errors import NotFoundError, ValidationError
 from genq.schema import JobState
 from producers import Client
+from producers.queues import purge_model
 from genq.local import WorkerProcess, wait_for
 from tests.integration.conftest import REPO
 
@@ -45,17 +46,8 @@ def test_a_declared_model_without_workers_accepts_and_holds_jobs(
         with pytest.raises(ValidationError):
             c.submit("hello", model=idle_model, **bad)
     assert sum(queue_depth(c, names.level_queue(idle_model, p)) for p in range(10)) == 1
-    _drop_model_queues(c, idle_model)
+    purge_model(c.settings.broker_url, idle_model, c.settings.levels, delete=True)
     c.close()
-
-
-def _drop_model_queues(client: Client, model: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
-    ch = conn.channel()
-    for p in range(10):
-        ch.queue_delete(names.level_queue(model, p))
-    ch.queue_delete(names.dead_queue(model))
-    conn.close()
 
 
 def genq_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
