@@ -7,6 +7,7 @@ __all__ = [
     "CACHE_PREFIX",
     "CACHE_STATS",
     "CANCEL_CHANNEL",
+    "CELERY_RESULT_CHANNELS",
     "CELERY_RESULT_PREFIX",
     "DEAD_EXCHANGE",
     "EXCHANGE",
@@ -28,6 +29,25 @@ __all__ = [
     "LEASES",
     "WORKER_STATS_PREFIX",
     "worker_stats_key",
+    "API_KEYS",
+    "API_KEY_PREFIX",
+    "BATCH_LOCK_PREFIX",
+    "BATCH_PREFIX",
+    "BATCH_REQUESTS_PREFIX",
+    "FILE_CONTENT_PREFIX",
+    "FILE_PREFIX",
+    "TENANT_BATCHES_PREFIX",
+    "TENANT_FILES_PREFIX",
+    "TENANT_QUEUED_PREFIX",
+    "api_key_key",
+    "tenant_queued_key",
+    "file_key",
+    "file_content_key",
+    "tenant_files_key",
+    "batch_key",
+    "batch_requests_key",
+    "batch_lock_key",
+    "tenant_batches_key",
 ]
 
 # RabbitMQ --------------------------------------------------------------------------------
@@ -68,6 +88,10 @@ PREFIX = "genq:"
 
 CELERY_RESULT_PREFIX = "celery-task-meta-"
 """Celery's Redis result backend key prefix (Celery's name, not ours): AsyncResult reads it."""
+
+CELERY_RESULT_CHANNELS = CELERY_RESULT_PREFIX + "*"
+"""Pattern of the pub/sub channels a job's end is announced on: Celery's result backend
+publishes each result on a channel named like its key, and genq's scripts do the same."""
 
 CANCEL_CHANNEL = PREFIX + "cancel"
 """Pub/sub channel: a job ID published here is aborted by whichever worker runs it."""
@@ -120,3 +144,70 @@ def flight_key(cache_key: str) -> str:
 
 def followers_key(job_id: str) -> str:
     return f"{FOLLOWERS_PREFIX}{job_id}"
+
+
+# The HTTP gateway (producers/gateway/) -----------------------------------------------------
+API_KEY_PREFIX = PREFIX + "apikey:"
+"""An API key's hash (tenant, name, created_at), by the SHA-256 of the key: never the key."""
+
+API_KEYS = PREFIX + "apikeys"
+"""Hash of every API key: its short public ID -> the SHA-256 it is stored under."""
+
+TENANT_QUEUED_PREFIX = PREFIX + "gw:queued:"
+"""Sorted set of a tenant's jobs submitted through the gateway and maybe still queued, by
+enqueue time; ended jobs are pruned lazily (producers/gateway/limits.py)."""
+
+FILE_PREFIX = PREFIX + "file:"
+"""A Batch API file's metadata (hash); its content is under FILE_CONTENT_PREFIX."""
+
+FILE_CONTENT_PREFIX = PREFIX + "file-content:"
+
+BATCH_PREFIX = PREFIX + "batch:"
+"""A Batch API batch (hash); its requests are under BATCH_REQUESTS_PREFIX."""
+
+BATCH_REQUESTS_PREFIX = PREFIX + "batch-requests:"
+"""List of a batch's requests, in input order: JSON `[custom_id, job_id]`."""
+
+BATCH_LOCK_PREFIX = PREFIX + "batch-lock:"
+"""Held by the gateway that writes a finished batch's output files."""
+
+TENANT_FILES_PREFIX = PREFIX + "gw:files:"
+TENANT_BATCHES_PREFIX = PREFIX + "gw:batches:"
+
+
+def api_key_key(digest: str) -> str:
+    return f"{API_KEY_PREFIX}{digest}"
+
+
+def tenant_queued_key(tenant: str) -> str:
+    return f"{TENANT_QUEUED_PREFIX}{tenant}"
+
+
+def file_key(file_id: str) -> str:
+    return f"{FILE_PREFIX}{file_id}"
+
+
+def file_content_key(file_id: str) -> str:
+    return f"{FILE_CONTENT_PREFIX}{file_id}"
+
+
+def tenant_files_key(tenant: str) -> str:
+    """Sorted set of a tenant's file IDs, by creation time."""
+    return f"{TENANT_FILES_PREFIX}{tenant}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{BATCH_PREFIX}{batch_id}"
+
+
+def batch_requests_key(batch_id: str) -> str:
+    return f"{BATCH_REQUESTS_PREFIX}{batch_id}"
+
+
+def batch_lock_key(batch_id: str) -> str:
+    return f"{BATCH_LOCK_PREFIX}{batch_id}"
+
+
+def tenant_batches_key(tenant: str) -> str:
+    """Sorted set of a tenant's batch IDs, by creation time."""
+    return f"{TENANT_BATCHES_PREFIX}{tenant}"

@@ -5,12 +5,13 @@ levels and the score); clients and workers extend it with their own knobs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import ipaddress
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ClientSettings", "FleetSettings", "WorkerSettings"]
+__all__ = ["ClientSettings", "FleetSettings", "GatewaySettings", "WorkerSettings"]
 
 
 class FleetSettings(BaseSettings):
@@ -90,3 +91,81 @@ class WorkerSettings(FleetSettings):
     admit_headroom: int = Field(0, ge=0)
     """Jobs admitted beyond max_num_seqs so a freed batch slot is refilled without waiting on
     the broker. They wait inside vLLM, outside genq's ordering; keep it small."""
+
+
+_MIB = 1024 * 1024
+
+
+class GatewaySettings(ClientSettings):
+    """`genq gateway`: the HTTP front door. It submits through a `producers.Client`, so the
+    client's settings (default max_tokens, result cache, default tenant) apply to it too."""
+
+    gateway_host: str = "127.0.0.1"
+    """Address the gateway binds to; API keys are required by default off loopback."""
+    gateway_port: int = Field(8000, ge=1, le=65535)
+    """TCP port the gateway listens on."""
+    api_keys: Literal["auto", "on", "off"] = "auto"
+    """API keys: `on`, `off` (local use: every job is the default tenant's, or the one a
+    request names), or `auto`: on unless the gateway binds to a loopback address."""
+    max_body_bytes: int = Field(8 * _MIB, ge=1024, le=1024 * _MIB)
+    """Largest request body in bytes (413 above it), except file uploads."""
+    max_file_bytes: int = Field(100 * _MIB, ge=1024, le=2048 * _MIB)
+    """Largest upload to POST /v1/files in bytes (413 above it). Files live in Redis."""
+    max_jobs_per_request: int = Field(1000, ge=1, le=100_000)
+    """Most jobs one POST /v1/jobs (a list) or one completion (prompts x n) may create."""
+    tenant_queued_limit: int = Field(50_000, ge=0, le=100_000_000)
+    """Queued jobs a tenant may have (submitted through the gateway) before new ones get 429;
+    0: no limit."""
+    model_queued_limit: int = Field(200_000, ge=0, le=100_000_000)
+    """Messages waiting in a model's level queues (all producers) before new jobs get 429;
+    0: no limit."""
+    queue_depth_ttl: float = Field(1.0, ge=0, le=60)
+    """Seconds a measured queue depth is reused before the broker is asked again."""
+    retry_after: int = Field(2, ge=1, le=3600)
+    """Seconds a 429 asks the client to wait (the Retry-After header)."""
+    completion_timeout: float = Field(600.0, gt=0, le=86_400)
+    """Seconds a completion waits for its job before answering 504 (the job goes on:
+    GET /v1/jobs/{id} has it; the ID is in the X-Genq-Job-Ids header)."""
+    max_wait: float = Field(60.0, ge=0, le=3600)
+    """Longest `wait` a GET /v1/jobs/{id} may ask for (a long poll), in seconds."""
+    default_priority: int = Field(0, ge=0, le=63)
+    """Level of a job or completion that names none (body `priority` or X-Genq-Priority)."""
+    batch_priority: int = Field(0, ge=0, le=63)
+    """Level every request of a Batch API batch runs at. Keep it at or below
+    default_priority so bulk batches wait behind interactive calls."""
+    max_batch_requests: int = Field(50_000, ge=1, le=1_000_000)
+    """Most lines a Batch API input file may have."""
+    batch_ttl: int = Field(7 * 86_400, ge=3600, le=365 * 86_400)
+    """Seconds files and batches stay in Redis after they are created."""
+    audit_log: str = "-"
+    """Where audit lines (JSON, one per submit, cancel and key change) go: `-` for stderr,
+    a file path to append to, or `off`."""
+
+    @model_validator(mode="after")
+    def _levels_in_range(self) -> GatewaySettings:
+        for name in ("default_priority", "batch_priority"):
+            if getattr(self, name) >= self.levels:
+                raise ValueError(f"{name}: {getattr(self, name)} is outside the levels "
+                                 f"0..{self.levels - 1}")
+        return self
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether requests need an API key: `api_keys`, with `auto` resolved by the host."""
+        if self.api_keys != "auto":
+            return self.api_keys == "on"
+        return not self.binds_loopback
+
+    @property
+    def binds_loopback(self) -> bool:
+        return _is_loopback(self.gateway_host)
+
+
+def _is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or 0.0.0.0-like wildcard: reachable from elsewhere
