@@ -267,6 +267,28 @@ def _report(statuses: list[Any]) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+# -- HTTP gateway ------------------------------------------------------------------------
+
+
+@app.command()
+def gateway(
+    host: Optional[str] = typer.Option(None, "--host",
+                                       help="Bind address (GENQ_GATEWAY_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (GENQ_GATEWAY_PORT, 8000)."),
+    api_keys: Optional[str] = typer.Option(None, "--api-keys", help=(
+        "on, off, or auto: on unless bound to loopback (GENQ_API_KEYS).")),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run the HTTP gateway: REST jobs API, OpenAI-compatible API, Batch API."""
+    from producers.gateway.cli import serve
+    serve(host, port, api_keys=api_keys, log_level=log_level)
+
+
+from producers.gateway.cli import keys_app  # noqa: E402 - the gateway's sub-app, added last
+
+app.add_typer(keys_app, name="keys")
+
+
 def main() -> None:
     app()
 

@@ -57,7 +57,7 @@ def create_app(settings: GatewaySettings | None = None, *, client: Client | None
             return settings.max_file_bytes, "GENQ_MAX_FILE_BYTES"
         return settings.max_body_bytes, "GENQ_MAX_BODY_BYTES"
 
-    # Outermost first: metrics count the 413s the body limit answers.
+    # The last added is the outermost: metrics see the 413s the body limit answers.
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)
     _document(app, jobs.DOCUMENTED_MODELS, settings)

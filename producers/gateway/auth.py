@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from genq import names
 from genq.errors import ValidationError
 from producers.gateway.context import Gateway, gateway_of
+from producers.gateway.decoded import text_hash
 from producers.gateway.errors import ApiError, unavailable
 from producers.gateway.keys import KeyInfo, check_tenant, hash_key
 
@@ -47,7 +48,7 @@ class Caller:
 
 
 async def lookup_key(redis: aioredis.Redis, secret: str) -> KeyInfo | None:
-    raw = await redis.hgetall(names.api_key_key(hash_key(secret)))  # type: ignore[misc]
+    raw = text_hash(await redis.hgetall(names.api_key_key(hash_key(secret))))
     return KeyInfo.from_hash(raw) if raw else None
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request
@@ -40,6 +40,7 @@ from producers.gateway.batchlines import (
     window_seconds,
 )
 from producers.gateway.context import Gateway, gateway_of
+from producers.gateway.decoded import text_hash, texts
 from producers.gateway.errors import ApiError, request_error
 from producers.gateway.files import FileStore
 from producers.gateway.submission import submit, validate
@@ -76,7 +77,7 @@ class BatchStore:
     async def create(self, fields: dict[str, str], requests: list[tuple[str, str]]) -> None:
         batch_id, tenant = fields["id"], fields["tenant"]
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(names.batch_key(batch_id), mapping=fields)
+        pipe.hset(names.batch_key(batch_id), mapping=cast("dict[Any, Any]", fields))
         pipe.expire(names.batch_key(batch_id), self._ttl)
         key = names.batch_requests_key(batch_id)
         for start in range(0, len(requests), _CHUNK):
@@ -87,22 +88,23 @@ class BatchStore:
         await pipe.execute()
 
     async def get(self, batch_id: str, who: Caller) -> dict[str, str]:
-        raw = await self.redis.hgetall(names.batch_key(batch_id))  # type: ignore[misc]
+        raw = text_hash(await self.redis.hgetall(names.batch_key(batch_id)))
         if not raw or not who.sees(raw.get("tenant", "")):
             raise ApiError(404, f"batch {batch_id}: not found", param="batch_id",
                            code="not_found")
         return dict(raw)
 
     async def update(self, batch_id: str, **fields: Any) -> None:
-        await self.redis.hset(names.batch_key(batch_id),  # type: ignore[misc]
+        await self.redis.hset(names.batch_key(batch_id),
                               mapping={k: str(v) for k, v in fields.items()})
 
     async def requests(self, batch_id: str) -> list[tuple[str, str]]:
-        raw = await self.redis.lrange(names.batch_requests_key(batch_id), 0, -1)  # type: ignore[misc]
-        return [tuple(json.loads(r)) for r in raw]  # type: ignore[misc]
+        key = names.batch_requests_key(batch_id)
+        raw = texts(await self.redis.lrange(key, 0, -1))
+        return [(str(c), str(j)) for c, j in map(json.loads, raw)]
 
     async def ids(self, tenant: str) -> list[str]:
-        return list(await self.redis.zrevrange(names.tenant_batches_key(tenant), 0, -1))
+        return texts(await self.redis.zrevrange(names.tenant_batches_key(tenant), 0, -1))
 
 
 def as_object(raw: dict[str, str]) -> dict[str, Any]:
@@ -161,7 +163,8 @@ async def create_batch(body: BatchCreate, both: Stores, who: Who) -> dict[str, A
     fields = {"id": f"batch_{uuid.uuid4().hex}", "tenant": who.tenant,
               "endpoint": body.endpoint, "input_file_id": body.input_file_id,
               "completion_window": body.completion_window, "created_at": repr(now),
-              "expires_at": repr(now + window), "metadata": json.dumps(body.metadata or {}),
+              "expires_at": repr(now + window),
+              "metadata": "" if body.metadata is None else json.dumps(body.metadata),
               "total": str(len(specs) + len(errors)), "completed": "0", "failed": "0"}
     if errors:
         shown = [e.as_dict() for e in errors[:_MAX_ERRORS_SHOWN]]
@@ -334,13 +337,14 @@ async def _finalize(gw: Gateway, batches: BatchStore, files: FileStore, raw: dic
     if not await gw.redis.set(lock, "1", nx=True, ex=_FINALIZE_LOCK_SECONDS):
         return {**raw, "status": "finalizing"}  # another gateway is writing its files
     try:
-        current = await gw.redis.hgetall(names.batch_key(batch_id))  # type: ignore[misc]
+        current = text_hash(await gw.redis.hgetall(names.batch_key(batch_id)))
         if current.get("status") not in ("in_progress", "cancelling", "finalizing"):
             return dict(current)  # finished by another gateway meanwhile
         now = time.time()
         await batches.update(batch_id, status="finalizing", finalizing_at=repr(now))
         expired = bool(raw.get("expiring"))
-        output, errors = [], []
+        output: list[str] = []
+        errors: list[str] = []
         for start in range(0, len(requests), _CHUNK):
             chunk = requests[start:start + _CHUNK]
             pipe = gw.redis.pipeline(transaction=False)

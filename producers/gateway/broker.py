@@ -42,9 +42,11 @@ class BrokerProbe:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        total = 0
         with self._lock:
-            total = sum(self._call(lambda: self._count(names.level_queue(model, level)))
-                        for level in range(self._levels))
+            for level in range(self._levels):
+                queue = names.level_queue(model, level)
+                total += int(self._call(lambda q=queue: self._count(q)))
         self._depths[model] = (now, total)
         return total
 
@@ -60,7 +62,8 @@ class BrokerProbe:
 
     def _count(self, queue: str) -> int:
         try:
-            return int(self._channel.queue_declare(queue, passive=True).method.message_count)
+            reply = self._channel.queue_declare(queue, passive=True)
+            return int(reply.method.message_count)
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._channel = None
             if exc.reply_code == 404:  # never declared: no producer or worker used it yet

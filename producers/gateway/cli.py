@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+import pydantic
 import typer
 
 from genq.errors import GenqError
@@ -39,7 +40,13 @@ def serve(host: Optional[str] = None, port: Optional[int] = None, *,
     if api_keys is not None:
         overrides["api_keys"] = api_keys
     # Re-validated: a bad value from the command line fails as one from the environment does.
-    settings = GatewaySettings.model_validate({**base.model_dump(), **overrides})
+    try:
+        settings = GatewaySettings.model_validate({**base.model_dump(), **overrides})
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        typer.echo(f"genq: {field}: {err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_level=log_level, proxy_headers=False)
 
@@ -81,7 +88,7 @@ def list_keys(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
     """List keys (their IDs, tenants and names; never the keys)."""
     store, _audit = _store()
     try:
-        infos = store.list(tenant=tenant)
+        infos = store.all(tenant=tenant)
     except GenqError as exc:
         _fail(exc)
         return

@@ -142,7 +142,8 @@ def install_handlers(app: FastAPI) -> None:
             return exc.response()
         # Starlette's own: no such route (404), wrong method (405), ...
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return ApiError(exc.status_code, detail, headers=exc.headers).response()
+        headers = dict(exc.headers) if exc.headers else None
+        return ApiError(exc.status_code, detail, headers=headers).response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

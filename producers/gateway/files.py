@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
@@ -24,6 +24,7 @@ from genq import names
 from producers.gateway.auth import Caller, caller
 from producers.gateway.bodylimit import too_large
 from producers.gateway.context import gateway_of
+from producers.gateway.decoded import text_hash, texts
 from producers.gateway.errors import ApiError
 
 __all__ = ["FileStore", "router"]
@@ -43,7 +44,7 @@ class FileStore:
         meta = {"id": file_id, "tenant": tenant, "filename": filename, "purpose": purpose,
                 "bytes": str(len(content.encode())), "created_at": str(now)}
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(names.file_key(file_id), mapping=meta)
+        pipe.hset(names.file_key(file_id), mapping=cast("dict[Any, Any]", meta))
         pipe.expire(names.file_key(file_id), self._ttl)
         pipe.set(names.file_content_key(file_id), content, ex=self._ttl)
         pipe.zadd(names.tenant_files_key(tenant), {file_id: now})
@@ -52,7 +53,7 @@ class FileStore:
         return self.as_object(meta)
 
     async def get(self, file_id: str, who: Caller) -> dict[str, Any]:
-        meta = await self._redis.hgetall(names.file_key(file_id))  # type: ignore[misc]
+        meta = text_hash(await self._redis.hgetall(names.file_key(file_id)))
         if not meta or not who.sees(meta.get("tenant", "")):
             raise ApiError(404, f"file {file_id}: not found", param="file_id",
                            code="not_found")
@@ -67,12 +68,12 @@ class FileStore:
 
     async def list(self, who: Caller, *, purpose: str | None, limit: int,
                    after: str | None) -> list[dict[str, Any]]:
-        ids = await self._redis.zrevrange(names.tenant_files_key(who.tenant), 0, -1)
-        if after in ids:
+        ids = texts(await self._redis.zrevrange(names.tenant_files_key(who.tenant), 0, -1))
+        if after is not None and after in ids:
             ids = ids[ids.index(after) + 1:]
-        out = []
+        out: list[dict[str, Any]] = []
         for file_id in ids:
-            meta = await self._redis.hgetall(names.file_key(file_id))  # type: ignore[misc]
+            meta = text_hash(await self._redis.hgetall(names.file_key(file_id)))
             if meta and (purpose is None or meta.get("purpose") == purpose):
                 out.append(self.as_object(meta))
                 if len(out) > limit:

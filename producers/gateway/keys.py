@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -79,9 +79,10 @@ class KeyStore:
         self._run(pipe)
         return secret, info
 
-    def list(self, *, tenant: str | None = None) -> list[KeyInfo]:
+    def all(self, *, tenant: str | None = None) -> list[KeyInfo]:
+        """Every key's info (of one tenant, if given), oldest first."""
         try:
-            digests = list(self._redis.hgetall(names.API_KEYS).values())
+            digests = cast(dict[str, str], self._redis.hgetall(names.API_KEYS)).values()
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         pipe = self._redis.pipeline(transaction=False)
@@ -94,8 +95,9 @@ class KeyStore:
     def revoke(self, key_id: str) -> KeyInfo:
         """Delete a key by its ID; requests with it get 401 from then on."""
         try:
-            digest = self._redis.hget(names.API_KEYS, key_id)
-            raw = self._redis.hgetall(names.api_key_key(digest)) if digest else {}
+            digest = cast("str | None", self._redis.hget(names.API_KEYS, key_id))
+            raw = cast(dict[str, str],
+                       self._redis.hgetall(names.api_key_key(digest)) if digest else {})
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         if not digest:
@@ -108,13 +110,13 @@ class KeyStore:
 
     def lookup(self, secret: str) -> KeyInfo | None:
         try:
-            raw = self._redis.hgetall(names.api_key_key(hash_key(secret)))
+            raw = cast(dict[str, str], self._redis.hgetall(names.api_key_key(hash_key(secret))))
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         return KeyInfo.from_hash(raw) if raw else None
 
     def _run(self, pipe: Any) -> list[Any]:
         try:
-            return pipe.execute()
+            return cast(list[Any], pipe.execute())
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc

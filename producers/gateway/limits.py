@@ -28,6 +28,7 @@ from genq import names
 from genq.schema import JobState
 from genq.settings import GatewaySettings
 from producers.gateway.broker import BrokerProbe
+from producers.gateway.decoded import texts
 from producers.gateway.errors import ApiError
 from producers.gateway.metrics import Metrics
 
@@ -101,7 +102,7 @@ class Backpressure:
 
     async def _prune(self, key: str) -> tuple[int, int]:
         """Drop ended (or vanished) jobs from the set; returns (queued, size left)."""
-        members = await self._redis.zrange(key, 0, -1)
+        members = texts(await self._redis.zrange(key, 0, -1))
         queued, ended = 0, []
         for start in range(0, len(members), _PRUNE_CHUNK):
             chunk = members[start:start + _PRUNE_CHUNK]

@@ -111,6 +111,6 @@ class Waiter:
                 await asyncio.sleep(_RECONNECT)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except (RedisError, OSError):
                     pass

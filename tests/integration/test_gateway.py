@@ -340,6 +340,38 @@ def test_openai_errors_are_openai_errors(gateway: GatewayServer, model_name: str
         client.completions.create(model=model_name, prompt=long_prompt, max_tokens=4)
 
 
+def test_a_completion_that_takes_too_long_is_504_and_its_job_goes_on(
+    make_gateway: MakeGateway, idle_model: str
+) -> None:
+    gateway = make_gateway(completion_timeout=1)
+    with gateway.http() as http:
+        response = http.post("/v1/completions", json={"model": idle_model, "prompt": "slow"})
+        assert response.status_code == 504
+        assert "GENQ_COMPLETION_TIMEOUT" in error_of(response)["message"]
+        (job_id,) = response.headers["X-Genq-Job-Ids"].split(",")
+        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+        http.delete(f"/v1/jobs/{job_id}")
+
+
+def test_a_client_that_hangs_up_has_its_completion_cancelled(
+    gateway: GatewayServer, idle_model: str, audit_path: Path
+) -> None:
+    tenant = new_tenant()
+    with gateway.http(**{"X-Genq-Tenant": tenant}) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", timeout=1.5,
+                      json={"model": idle_model, "messages": [{"role": "user", "content": "?"}]})
+
+        def submitted() -> str | None:
+            for event in map(json.loads, audit_path.read_text().splitlines()):
+                if event["event"] == "job.submit" and event["tenant"] == tenant:
+                    return str(event["jobs"][0])
+            return None
+        job_id = wait_for(submitted, timeout=10, what="the completion's job")
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled",
+                 timeout=15, what="the abandoned job to be cancelled", interval=0.2)
+
+
 # -- 3. API keys and tenants ------------------------------------------------------------------
 
 
@@ -475,7 +507,7 @@ def test_a_model_over_its_queued_limit_gets_429(make_gateway: MakeGateway,
                            queue_depth_ttl=0)
     try:
         with gateway.http() as http:
-            for i in range(2):  # two tenants: the model's limit counts everyone's jobs
+            for _ in range(2):  # two tenants: the model's limit counts everyone's jobs
                 response = http.post("/v1/jobs", json={"model": model, "prompt": "x"},
                                      headers={"X-Genq-Tenant": new_tenant()})
                 assert response.status_code == 202
@@ -530,7 +562,8 @@ def test_metrics(http: httpx.Client, model_name: str) -> None:
 def test_openapi_document(http: httpx.Client) -> None:
     doc = http.get("/openapi.json").json()
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/completions", "/v1/chat/completions",
-                 "/v1/models", "/healthz", "/metrics"):
+                 "/v1/models", "/healthz", "/metrics", "/v1/files", "/v1/files/{file_id}/content",
+                 "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel"):
         assert path in doc["paths"], path
     assert "JobSpec" in doc["components"]["schemas"]
 
@@ -669,7 +702,8 @@ def test_cancel_a_batch(batch_gateway: GatewayServer, idle_model: str) -> None:
         [chat_line(f"q{i}", idle_model, "wait") for i in range(3)])), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    assert client.batches.retrieve(batch.id).request_counts.completed == 0  # type: ignore[union-attr]
+    counts = client.batches.retrieve(batch.id).request_counts
+    assert counts is not None and counts.completed == 0
     cancelled = client.batches.cancel(batch.id)
     assert cancelled.status in ("cancelling", "cancelled")
     done = wait_for_batch(client, batch.id, "cancelled")
