@@ -217,6 +217,7 @@ def bench(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model dir."),
+    cache: bool = typer.Option(False, "--cache", help="Result-cache hit rate on repeats."),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
     from genq.testmodel import build_test_model
@@ -227,7 +228,14 @@ def bench(
                      max_model_len=512) if quick else {})
     overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
                                        repeat=repeat).items() if v is not None}
-    run_bench(Workload(model_path=path, **{**defaults, **overrides}), json_path=json_path)
+    workload = Workload(model_path=path, **{**defaults, **overrides})
+    if cache:
+        from producers.bench.cache import run_cache_bench
+        result = run_cache_bench(workload)
+        if json_path is not None:
+            json_path.write_text(json.dumps(result, indent=2))
+        return
+    run_bench(workload, json_path=json_path)
 
 
 @app.command()

@@ -85,11 +85,15 @@ class WorkerProcess:
         return "\n".join(text[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
-        """Stop the worker and every process it started (vLLM's engine core)."""
+        """Stop the worker as a supervisor does (a signal to its main process), then make
+        sure nothing it started (vLLM's engine processes) is left."""
         if self.proc is None:
             return 0
         try:
-            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, sig)  # a crash takes the engine processes too
+            else:
+                os.kill(self.proc.pid, sig)
         except ProcessLookupError:
             pass
         try:

@@ -122,6 +122,11 @@ def job_key(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
 
 
+def reap_claim_key(job_id: str) -> str:
+    """Held briefly by the one reaper republishing this job's expired lease."""
+    return f"{job_key(job_id)}:reaping"
+
+
 def celery_result_key(job_id: str) -> str:
     return f"{CELERY_RESULT_PREFIX}{job_id}"
 

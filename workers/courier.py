@@ -54,13 +54,11 @@ class Courier:
         """Republish jobs whose lease expired (their worker died or hung). Any worker may
         reap any job of its model; each expired lease is claimed by one reaper."""
         count = 0
-        for job_id, lease in await self._ledger.expired_leases():
+        for job_id, lease in await self._ledger.expired_leases(self._model):
             raw = await self._ledger.record(job_id)
             if not raw or raw.get("state") not in (JobState.QUEUED.value, JobState.RUNNING.value):
                 await self._ledger.release(job_id, lease)
                 continue
-            if raw.get("model") != self._model:
-                continue  # a worker of that model can rebuild and route it
             try:
                 message = TaskMessage(
                     job_id=job_id,

@@ -20,6 +20,8 @@ __all__ = ["Ledger"]
 
 # A reaper claims an expired lease for this long so two reapers don't both republish it.
 _REAP_CLAIM_SECONDS = 30
+# Expired leases read per round trip while looking for this model's.
+_REAP_PAGE = 500
 
 
 class Ledger:
@@ -103,15 +105,30 @@ class Ledger:
         return str(await self._release(keys=[names.job_key(job_id), names.LEASES],
                                        args=[job_id, lease]))
 
-    async def expired_leases(self, limit: int = 100) -> list[tuple[str, str]]:
-        """Jobs whose worker stopped renewing, each claimed for this reaper alone."""
-        rows = await self.redis.zrangebyscore(names.LEASES, "-inf", time.time(),
-                                              start=0, num=limit, withscores=True)
-        claimed = []
-        for job_id, score in rows:
-            claim = names.job_key(job_id) + ":reaping"
-            if await self.redis.set(claim, self._worker, nx=True, ex=_REAP_CLAIM_SECONDS):
-                claimed.append((job_id, repr(score)))
+    async def expired_leases(self, model: str, limit: int = 100) -> list[tuple[str, str]]:
+        """Expired leases of `model`'s jobs, each claimed for this reaper alone.
+
+        The lease set is shared by every model, so it is read page by page and filtered by
+        the job's model: a pile of another model's expired leases (a model with no worker
+        left) must not hide this model's. A lease whose record is gone is dropped."""
+        claimed: list[tuple[str, str]] = []
+        start, now = 0, time.time()
+        while len(claimed) < limit:
+            rows = await self.redis.zrangebyscore(names.LEASES, "-inf", now, start=start,
+                                                  num=_REAP_PAGE, withscores=True)
+            if not rows:
+                break
+            start += len(rows)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _score in rows:
+                pipe.hget(names.job_key(job_id), "model")
+            for (job_id, score), owner in zip(rows, await pipe.execute()):
+                if owner is None:
+                    await self.redis.zrem(names.LEASES, job_id)
+                elif owner == model and await self.redis.set(
+                        names.reap_claim_key(job_id), self._worker, nx=True,
+                        ex=_REAP_CLAIM_SECONDS):
+                    claimed.append((job_id, repr(score)))
         return claimed
 
     async def record(self, job_id: str) -> dict[str, str]:

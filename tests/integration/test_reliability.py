@@ -1,0 +1,99 @@
+"""Damage done for real: workers killed with SIGKILL mid-run and stopped with SIGTERM. Every
+accepted job ends exactly once with one stored result."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import redis
+
+from genq import names
+from genq.local import wait_for
+from genq.schema import JobRecord, JobState
+from producers import Client
+from producers.queues import purge_model
+
+# Short leases so a dead worker's jobs come back within seconds, not half a minute.
+FAST_LEASES = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20"}
+JOBS = 300
+
+
+def audit(client: Client, ids: list[str], records: list[JobRecord]) -> dict[str, int]:
+    """One terminal state per job, and the record and Celery's result key agree."""
+    r = redis.Redis.from_url(client.settings.redis_url, decode_responses=True)
+    duplicated = 0
+    for record in records:
+        meta = r.get(names.celery_result_key(record.id))
+        if record.state is JobState.SUCCEEDED:
+            if meta is None or json.loads(meta)["result"]["text"] != record.text:
+                duplicated += 1
+    r.close()
+    states = Counter(rec.state.value for rec in records)
+    line = {"accepted": len(ids), "succeeded": states["succeeded"],
+            "failed": states["failed"], "lost": sum(1 for rec in records if not rec.done),
+            "duplicated": duplicated}
+    print(" ".join(f"{k}={v}" for k, v in line.items()))
+    return line
+
+
+def submit_batch(client: Client, model: str) -> list[str]:
+    return client.submit_many([
+        {"model": model, "prompt": f"job {i}", "priority": i % 10, "max_tokens": 48,
+         "ignore_eos": True} for i in range(JOBS)])
+
+
+def test_kill_9_twice_during_a_run_loses_nothing(make_worker: Any) -> None:
+    model = f"chaos-{uuid.uuid4().hex[:6]}"
+    client = Client(models=[model])
+    try:
+        ids = submit_batch(client, model)
+        for round_ in range(2):
+            victim = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES,
+                                 name=f"victim{round_}")
+            # Kill while it holds running and unstarted jobs.
+            wait_for(lambda: sum(1 for r in client.status_many(ids)
+                                 if r.worker == victim.hostname
+                                 and r.state is JobState.RUNNING) >= 2,
+                     timeout=120, what="the victim to be running jobs")
+            victim.kill()
+        # The next worker's reaper republishes what the dead ones held.
+        last = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="last")
+        records = client.wait_many(ids, timeout=600)
+        last.stop()
+    finally:
+        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        client.close()
+    line = audit(client, ids, records)
+    assert line == {"accepted": JOBS, "succeeded": JOBS, "failed": 0, "lost": 0,
+                    "duplicated": 0}
+    retried = [r for r in records if r.attempts > 1]
+    assert retried, "no job was running on a killed worker: the test did no damage"
+    # A job that came back kept its original enqueue time (so its age and score).
+    assert all(r.enqueued_at <= (r.started_at or 0) for r in retried)
+
+
+def test_sigterm_finishes_or_hands_back_everything(make_worker: Any) -> None:
+    model = f"term-{uuid.uuid4().hex[:6]}"
+    client = Client(models=[model])
+    try:
+        ids = submit_batch(client, model)
+        worker = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="term")
+        wait_for(lambda: sum(1 for r in client.status_many(ids) if r.done) >= 30,
+                 timeout=120, what="30 jobs done")
+        assert worker.stop() == 0  # SIGTERM: warm shutdown, exit 0
+        after_stop = client.status_many(ids)
+        assert not any(r.state is JobState.RUNNING for r in after_stop), \
+            "a job was left running by a gracefully stopped worker"
+        again = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="term2")
+        records = client.wait_many(ids, timeout=600)
+        again.stop()
+    finally:
+        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        client.close()
+    line = audit(client, ids, records)
+    assert line == {"accepted": JOBS, "succeeded": JOBS, "failed": 0, "lost": 0,
+                    "duplicated": 0}
