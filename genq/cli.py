@@ -139,6 +139,31 @@ def batch(
         run_batch(client, input, output, default_model=model, timeout=timeout)
 
 
+dead_app = typer.Typer(no_args_is_help=True, help="A model's dead-letter queue.")
+app.add_typer(dead_app, name="dead")
+
+
+@dead_app.command("list")
+@_guard
+def dead_list(model: str = typer.Option(..., "--model", "-m")) -> None:
+    """Jobs in the model's dead-letter queue, with why they are there."""
+    from producers.dead import list_dead
+    with _client() as client:
+        for letter in list_dead(client, model):
+            typer.echo(json.dumps({"id": letter.job_id, "reason": letter.reason,
+                                   "attempts": letter.attempts}))
+
+
+@dead_app.command("requeue")
+@_guard
+def dead_requeue(job_id: str, model: str = typer.Option(..., "--model", "-m")) -> None:
+    """Give a dead-lettered job another go at its original level and enqueue time."""
+    from producers.dead import requeue_dead
+    with _client() as client:
+        requeue_dead(client, model, job_id)
+        typer.echo("queued")
+
+
 @app.command()
 def config() -> None:
     """Print the scheduling settings and the starvation bound they imply."""

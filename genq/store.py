@@ -18,7 +18,7 @@ import redis
 
 from genq import names
 from genq.cache import CacheStats
-from genq.errors import NotFoundError, StoreError
+from genq.errors import NotFoundError, StoreError, ValidationError
 from genq.protocol import TaskMessage
 from genq.schema import JobRecord, JobSpec, JobState, Usage
 
@@ -289,6 +289,17 @@ if s == 'running' then redis.call('HSET', KEYS[1], 'state', 'queued', 'worker', 
 return 'released'
 """
 
+# KEYS: job, celery result key. A failed job goes back to queued for another try (genq dead
+# requeue): its error, end time, attempts and Celery result are cleared.
+REVIVE = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'failed' then return s or 'missing' end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'worker', '')
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')
+redis.call('DEL', KEYS[2])
+return 'queued'
+"""
+
 _CELERY_STATES = {
     JobState.SUCCEEDED: "SUCCESS",
     JobState.FAILED: "FAILURE",
@@ -399,6 +410,7 @@ class JobStore:
         self._submit = self._redis.register_script(SUBMIT)
         self._abandon = self._redis.register_script(ABANDON)
         self._release = self._redis.register_script(RELEASE)
+        self._revive = self._redis.register_script(REVIVE)
 
     @property
     def redis(self) -> redis.Redis:
@@ -470,6 +482,14 @@ class JobStore:
                 raise NotFoundError(f"job {job_id}: not found")
             out.append(decode_record(raw))
         return out
+
+    def revive(self, job_id: str) -> None:
+        """Put a failed job back to `queued` (its message is republished by the caller)."""
+        outcome = self._revive(keys=[names.job_key(job_id), names.celery_result_key(job_id)])
+        if outcome == "missing":
+            raise NotFoundError(f"job {job_id}: not found")
+        if outcome != "queued":
+            raise ValidationError(f"job {job_id}: is {outcome}, only a failed job is requeued")
 
     def task_message(self, job_id: str) -> TaskMessage:
         """The message that runs a job, rebuilt from its record (to republish it)."""

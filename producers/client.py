@@ -54,6 +54,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
     def close(self) -> None:
         self._publisher.close()
         self.store.close()

@@ -153,3 +153,37 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
     after = client.result(client.submit("still alive?", model=model_name, max_tokens=2),
                           timeout=60)
     assert after.state is JobState.SUCCEEDED
+
+
+def test_dead_letters_can_be_listed_and_a_failed_job_requeued(
+    worker: WorkerProcess, client: Client, model_name: str, fleet_env: dict[str, str]
+) -> None:
+    from producers.dead import list_dead, requeue_dead
+
+    job_id = client.submit("needs another go", model=model_name, max_tokens=3,
+                           ignore_eos=True)
+    client.result(job_id, timeout=60)
+    # Fail it and dead-letter a copy, as the worker does after its last attempt.
+    client.store.redis.hset(names.job_key(job_id), mapping={"state": "failed",
+                                                          "error": "boom"})
+    message = client.store.task_message(job_id)
+    from genq.protocol import encode_task
+    headers, body = encode_task(message.spec, job_id=job_id, enqueued_at=message.enqueued_at,
+                                deadline_at=None, attempts=3)
+    conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
+    ch = conn.channel()
+    ch.basic_publish(names.DEAD_EXCHANGE, names.dead_routing_key(model_name), body,
+                     pika.BasicProperties(headers={**headers, "x-genq-reason": "boom",
+                                                   "x-genq-attempts": 3}, delivery_mode=2))
+    conn.close()
+
+    listed = wait_for(lambda: [d for d in list_dead(client, model_name) if d.job_id == job_id],
+                      timeout=10, what="the dead letter")
+    assert listed[0].reason == "boom" and listed[0].attempts == 3
+    done = genq_cli("dead", "list", "--model", model_name, env=fleet_env)
+    assert done.returncode == 0 and job_id in done.stdout
+
+    requeue_dead(client, model_name, job_id)
+    record = client.result(job_id, timeout=60)
+    assert record.state is JobState.SUCCEEDED and record.attempts == 1
+    assert not [d for d in list_dead(client, model_name) if d.job_id == job_id]
