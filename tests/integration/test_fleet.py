@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import uuid
+from typing import Any
 
 import requests
 from celery import Celery
@@ -10,6 +12,7 @@ from celery.result import AsyncResult
 
 from genq.schema import JobState
 from producers import Client
+from producers.queues import purge_model
 from genq.local import WorkerProcess, wait_for
 
 
@@ -68,8 +71,12 @@ def test_chat_messages_run_through_the_models_chat_template(
 
 
 def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
-    worker: WorkerProcess, client: Client, model_name: str
+    make_worker: Any
 ) -> None:
+    # A worker of its own, so no other test's jobs take batch slots.
+    model_name = f"cancel-{uuid.uuid4().hex[:6]}"
+    make_worker(model_name=model_name, max_num_seqs=16)
+    client = Client(models=[model_name])
     # Fill the engine (16 slots) with long jobs, queue more behind them, cancel one queued.
     blockers = client.submit_many([
         {"model": model_name, "prompt": f"block {i}", "priority": 9, "max_tokens": 480,
@@ -96,3 +103,5 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
         assert records[job_id].state is JobState.SUCCEEDED
     # Cancelling again reports the state it ended in.
     assert client.cancel(victim) == "cancelled"
+    purge_model(client.settings.broker_url, model_name, client.settings.levels, delete=True)
+    client.close()
