@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 # Reconnect backoff: quick first retries for a blip, capped so a long outage costs little.
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 5.0
+# How often the thread comes up from processing events to publish what the loop queued
+# (hand-backs, reaped jobs, dead letters: rare, and none on the hot path).
+_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class BrokerLink:
         self._consumer_tags: list[str] = []
         self._stopping = threading.Event()
         self._consuming = True
+        self._outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="genq-broker", daemon=True)
         self.connected = threading.Event()
 
@@ -104,14 +109,11 @@ class BrokerLink:
         self._call(do)
 
     def pause(self) -> None:
-        """Stop taking new messages (shutdown): cancel the consumers, keep the connection
-        so acks of admitted jobs still go through."""
-        def do() -> None:
-            self._consuming = False
-            for ctag in self._consumer_tags:
-                self._channel.basic_cancel(ctag)
-            self._consumer_tags.clear()
-        self._call(do)
+        """Stop taking new messages (shutdown); keep the connection so acks of admitted jobs
+        and hand-back publishes still go through. Deliveries already on the wire go straight
+        back (no blocking basic.cancel here: a blocking call inside this thread's callbacks
+        can wait forever on the very loop it blocks)."""
+        self._consuming = False
 
     def publish(
         self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes,
@@ -119,8 +121,21 @@ class BrokerLink:
     ) -> Future[None]:
         """Publish with a broker confirm; the future fails if it was not confirmed."""
         future: Future[None] = Future()
+        if self._conn is None or not self._conn.is_open:
+            future.set_exception(ConnectionError("not connected to the broker"))
+            return future
+        self._outbox.put((exchange, routing_key, headers, body, job_id, future))
+        return future
 
-        def do() -> None:
+    def _drain_outbox(self) -> None:
+        """Publish what the loop asked for. Done here, between event-processing rounds and
+        never inside a pika callback: a confirm-mode publish blocks until the broker acks,
+        and blocking inside a callback can wait on the loop it blocks."""
+        while True:
+            try:
+                exchange, routing_key, headers, body, job_id, future = self._outbox.get_nowait()
+            except queue.Empty:
+                return
             try:
                 self._publish_channel.basic_publish(
                     exchange=exchange, routing_key=routing_key, body=body, mandatory=True,
@@ -133,9 +148,9 @@ class BrokerLink:
                 future.set_result(None)
             except Exception as exc:
                 future.set_exception(exc)
-        if not self._call(do):
-            future.set_exception(ConnectionError("not connected to the broker"))
-        return future
+                if isinstance(exc, (pika.exceptions.AMQPConnectionError,
+                                    pika.exceptions.ChannelClosed)):
+                    raise
 
     def _call(self, fn: Callable[[], None]) -> bool:
         conn = self._conn
@@ -156,7 +171,8 @@ class BrokerLink:
                 self._connect()
                 delay = _BACKOFF_FIRST
                 while not self._stopping.is_set():
-                    self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
+                    self._conn.process_data_events(time_limit=_POLL_SECONDS)  # type: ignore[union-attr]
+                    self._drain_outbox()
             except (pika.exceptions.AMQPError, OSError) as exc:
                 log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)
             finally:
@@ -186,7 +202,10 @@ class BrokerLink:
         log.info("broker connected (epoch %d)", self._epoch)
 
     def _make_callback(self, level: int, epoch: int) -> Callable[..., None]:
-        def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            if not self._consuming:  # shutting down: back to the queue for another worker
+                ch.basic_nack(method.delivery_tag, requeue=True)
+                return
             delivery = Delivery(epoch, method.delivery_tag, level, props.headers or {}, body,
                                 method.redelivered)
             self._loop.call_soon_threadsafe(self._on_delivery, delivery)

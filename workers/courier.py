@@ -20,6 +20,8 @@ __all__ = ["Courier"]
 
 log = logging.getLogger(__name__)
 
+_PUBLISH_TIMEOUT = 30.0
+
 
 class Courier:
     def __init__(self, broker: BrokerLink, ledger: Ledger, *, model: str) -> None:
@@ -29,9 +31,11 @@ class Courier:
 
     async def _publish(self, exchange: str, routing_key: str, headers: dict[str, Any],
                        body: bytes, job_id: str) -> None:
-        await asyncio.wrap_future(
+        # Bounded: a broker that never confirms must not hold a shutdown forever (the job's
+        # lease then expires and a reaper republishes it).
+        await asyncio.wait_for(asyncio.wrap_future(
             self._broker.publish(exchange, routing_key, headers, body, job_id=job_id)
-        )
+        ), _PUBLISH_TIMEOUT)
 
     async def republish(self, message: TaskMessage, *, attempts: int) -> None:
         headers, body = encode_task(

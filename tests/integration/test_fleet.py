@@ -75,11 +75,14 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
 ) -> None:
     # A worker of its own, so no other test's jobs take batch slots.
     model_name = f"cancel-{uuid.uuid4().hex[:6]}"
-    make_worker(model_name=model_name, max_num_seqs=16)
+    # The window holds all 16 blockers at once, and a longer context makes them run for
+    # seconds, so the test sees them all running together.
+    make_worker(model_name=model_name, max_num_seqs=16, max_model_len=2048,
+                env={"GENQ_WINDOW": "16"})
     client = Client(models=[model_name])
     # Fill the engine (16 slots) with long jobs, queue more behind them, cancel one queued.
     blockers = client.submit_many([
-        {"model": model_name, "prompt": f"block {i}", "priority": 9, "max_tokens": 480,
+        {"model": model_name, "prompt": f"block {i}", "priority": 9, "max_tokens": 2000,
          "ignore_eos": True} for i in range(16)])
     wait_for(lambda: all(r.state is JobState.RUNNING for r in client.status_many(blockers)),
              timeout=120, what="the blockers to run")
