@@ -165,6 +165,37 @@ def dead_requeue(job_id: str, model: str = typer.Option(..., "--model", "-m")) -
 
 
 @app.command()
+@_guard
+def chaos(
+    model: str = typer.Option(..., "--model", "-m", help="Served model to hit."),
+    scenario: str = typer.Option(..., "--scenario", "-s",
+                                 help="kill, engine, sigterm, poison or malformed."),
+    jobs: int = typer.Option(300, "--jobs", min=1, help="Jobs to submit."),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1),
+    poison_tokens: int = typer.Option(256, "--poison-tokens", min=1,
+                                      help="max_tokens of the poison job (it must run a "
+                                           "while to be caught running)."),
+    restart_cmd: Optional[str] = typer.Option(
+        None, "--restart-cmd", help="Run after each worker goes down (else a supervisor "
+        "must restart it), e.g. \"genq worker --model PATH ...\"."),
+    timeout: float = typer.Option(1800.0, "--timeout", help="Seconds for the whole run."),
+) -> None:
+    """Do real damage to a running fleet, wait, and print the audit line; exit 1 if a job
+    was lost or answered twice."""
+    from producers import Client
+    from producers.chaos import run_chaos
+    base = ClientSettings()
+    # The model must be one the fleet serves; chaos does not need it in GENQ_MODELS.
+    with Client(base, models=sorted({*base.models, model})) as client:
+        line = run_chaos(client, model=model, scenario=scenario, jobs=jobs,
+                         max_tokens=max_tokens, poison_tokens=poison_tokens,
+                         restart_cmd=restart_cmd, timeout=timeout, say=typer.echo)
+    typer.echo(str(line))
+    if line.lost or line.duplicated:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
 def config() -> None:
     """Print the scheduling settings and the starvation bound they imply."""
     s = WorkerSettings()
@@ -186,9 +217,16 @@ def worker(
     ctx: typer.Context,
     loglevel: str = typer.Option("INFO", "--loglevel"),
     hostname: Optional[str] = typer.Option(None, "--hostname", "-n"),
+    cpus: Optional[str] = typer.Option(
+        None, "--cpus", help="CPU-only hosts: cores for the engine's threads, e.g. 0-3 or 1. "
+        "Workers sharing a host need disjoint sets, or their engines take turns on one core."),
 ) -> None:
     """Run a worker: `genq worker --model PATH [vLLM engine options, by their vLLM names]`."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if cpus:
+        # vLLM's CPU backend binds its OpenMP threads to these; its default ("auto") picks
+        # the same cores for every engine on the host.
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
     from workers.app import run_worker
     from workers.engine import parse_engine_args
 
@@ -243,6 +281,10 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model dir."),
     cache: bool = typer.Option(False, "--cache", help="Result-cache hit rate on repeats."),
+    priority: bool = typer.Option(False, "--priority",
+                                  help="Overload burst: per-level waits, overtakings."),
+    seconds: float = typer.Option(20.0, "--seconds", help="--priority: burst length."),
+    load: float = typer.Option(3.0, "--load", help="--priority: burst rate / capacity."),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
     from genq.testmodel import build_test_model
@@ -253,7 +295,17 @@ def bench(
                      max_model_len=512) if quick else {})
     overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
                                        repeat=repeat).items() if v is not None}
+    if priority:
+        # Short jobs and a small batch: capacity is reached, and overload built, in seconds.
+        defaults = {**defaults, "max_num_seqs": 8 if quick else 32,
+                    "max_tokens": 16 if quick else 32}
     workload = Workload(model_path=path, **{**defaults, **overrides})
+    if priority:
+        from producers.bench.priority import run_priority_bench
+        result = run_priority_bench(workload, seconds=seconds, load=load)
+        if json_path is not None:
+            json_path.write_text(json.dumps(result, indent=2))
+        return
     if cache:
         from producers.bench.cache import run_cache_bench
         result = run_cache_bench(workload)

@@ -58,7 +58,22 @@ class BrokerError(GenqError):
 
 
 class PublishError(BrokerError):
-    """The broker did not confirm a publish. The job was not accepted; retrying is safe."""
+    """The broker did not confirm a publish. The job was not accepted; retrying is safe.
+
+    A batch may fail part-way: `accepted` holds the IDs that were accepted all the same (at
+    the positions `accepted_positions` of the submitted requests), and `unaccepted` the
+    positions of those that were not, to retry. The publisher sets `confirmed`: the
+    positions of the messages the broker did confirm."""
+
+    def __init__(self, message: str, *, confirmed: list[int] | None = None,
+                 accepted: list[str] | None = None,
+                 unaccepted: list[int] | None = None,
+                 accepted_positions: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed or []
+        self.accepted = accepted or []
+        self.unaccepted = unaccepted or []
+        self.accepted_positions = accepted_positions or []
 
 
 class StoreError(GenqError):

@@ -49,7 +49,8 @@ class WorkerProcess:
 
     def __init__(self, *, model_path: Path, model_name: str, env: dict[str, str],
                  log_dir: Path, max_num_seqs: int = 16, max_model_len: int = 512,
-                 extra: list[str] | None = None, name: str = "w1") -> None:
+                 extra: list[str] | None = None, name: str = "w1",
+                 cpus: str | None = None) -> None:
         self.hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@{socket.gethostname()}"
         self.log_path = log_dir / f"worker-{name}-{time.monotonic_ns()}.log"
         self.args = [
@@ -59,6 +60,8 @@ class WorkerProcess:
             "--max-num-seqs", str(max_num_seqs), "--enforce-eager",
             "--max-model-len", str(max_model_len), *(extra or []),
         ]
+        if cpus is not None:
+            self.args[4:4] = ["--cpus", cpus]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -26,6 +26,8 @@ __all__ = [
     "level_queue",
     "level_routing_key",
     "idle_queue",
+    "PROGRESS_PREFIX",
+    "progress_key",
     "LEASES",
     "WORKER_STATS_PREFIX",
     "worker_stats_key",
@@ -116,6 +118,19 @@ FLIGHT_PREFIX = PREFIX + "flight:"
 
 FOLLOWERS_PREFIX = PREFIX + "followers:"
 """List of job IDs waiting on a leader's result, by the leader's job ID."""
+
+
+PROGRESS_PREFIX = PREFIX + "progress:"
+"""A streaming job's text as it is generated: a Redis Stream per job (workers/progress.py
+writes it, the gateway relays it). A Stream, not pub/sub: a reader that arrives late still
+reads from the beginning. Entries are `a` (the attempt), then either `o` (the character
+offset of the piece in the whole text) and `t` (the piece), or `end` (`ok`: the text is
+complete and the result is about to be stored; `error`: this attempt gave no result). The
+writer caps its length and sets a TTL on every write, so an abandoned stream goes away."""
+
+
+def progress_key(job_id: str) -> str:
+    return f"{PROGRESS_PREFIX}{job_id}"
 
 
 def job_key(job_id: str) -> str:

@@ -70,6 +70,10 @@ class JobSpec(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     tenant: str | None = Field(None, min_length=1, max_length=100)
     cache: bool = True
+    stream: bool = False
+    """Publish the text as it is generated (a Redis Stream per job, `names.progress_key`),
+    for a client that streams it; the final record is still the result. It changes no
+    text, so it is not part of the cache key."""
 
     @field_validator("priority", "max_tokens", "seed", mode="before")
     @classmethod

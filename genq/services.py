@@ -27,6 +27,8 @@ import pika.exceptions
 import redis
 import redis.exceptions
 
+from genq.tls import pika_parameters, redis_from_url
+
 __all__ = [
     "DEFAULT_BROKER_URL",
     "DEFAULT_REDIS_URL",
@@ -128,7 +130,7 @@ _Probe = Callable[[str, float], tuple[ServiceStatus, bool]]
 
 
 def _probe_broker(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
-    params = pika.URLParameters(_pika_url(url))
+    params = pika_parameters(_pika_url(url))
     # One attempt, bounded at every stage: pika's defaults retry and wait far longer.
     params.connection_attempts = 1
     params.socket_timeout = timeout
@@ -160,7 +162,7 @@ def _probe_broker(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
 
 
 def _probe_redis(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = redis_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
         version = client.info("server").get("redis_version", "?")

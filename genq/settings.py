@@ -34,9 +34,19 @@ class FleetSettings(BaseSettings):
     """Largest max_tokens a request may ask for."""
     max_prompt_chars: int = Field(1_000_000, ge=1)
     """Largest prompt (or sum of chat message contents) in characters, to protect the broker.
-    The token limit is the model's context, checked by the worker."""
+    The token limit is the model's context: checked by the gateway with the model's
+    tokenizer (GENQ_MAX_PROMPT_TOKENS), and always by the worker's engine."""
     job_ttl: int = Field(86_400, ge=60)
     """Seconds a job record and its result stay in Redis after the job ends."""
+    tls_ca_file: str | None = None
+    """CA certificate(s) (PEM) to verify `amqps://` and `rediss://` servers against; unset:
+    the system's trusted CAs (genq/tls.py)."""
+    tls_cert_file: str | None = None
+    """Client certificate (PEM) for servers that require one (mutual TLS)."""
+    tls_key_file: str | None = None
+    """The client certificate's private key (unset: it is in the certificate file)."""
+    tls_verify: bool = True
+    """Verify the server's certificate and host name. False only on a test bench."""
 
     @field_validator("models", mode="before")
     @classmethod
@@ -88,6 +98,14 @@ class WorkerSettings(FleetSettings):
     fair_levels: float = Field(2.0, ge=0, le=64)
     """Under `fair`: how many levels below the best held score a less-served tenant may be
     picked; it widens the starvation bound by fair_levels·α/β seconds."""
+    refill_wait: float = Field(0.1, ge=0, le=10)
+    """Seconds admission waits for a level's window to refill before admitting worse jobs
+    (scheduler/refill.py): longer than a broker round trip, short enough that a level whose
+    queue ran dry holds nothing up for long. 0 turns the wait off."""
+    hold_seconds: float = Field(1.0, ge=0, le=3600)
+    """A worker whose engine has been full, admitting nothing, this long gives back the jobs
+    it holds unstarted and stops consuming until a slot frees: a busy or slow worker must not keep jobs from an
+    idle one. 0: never (a worker always holds its window)."""
     admit_headroom: int = Field(0, ge=0)
     """Jobs admitted beyond max_num_seqs so a freed batch slot is refilled without waiting on
     the broker. They wait inside vLLM, outside genq's ordering; keep it small."""
@@ -140,6 +158,24 @@ class GatewaySettings(ClientSettings):
     audit_log: str = "-"
     """Where audit lines (JSON, one per submit, cancel and key change) go: `-` for stderr,
     a file path to append to, or `off`."""
+    max_prompt_tokens: int = Field(0, ge=0, le=10_000_000)
+    """Most prompt tokens a completion or job may have (422 above it), counted with the
+    model's tokenizer; 0: the model's context, as its workers advertise it (max_model_len,
+    less one token for the output)."""
+    tokenizers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """Tokenizer to count a model's prompt tokens with, by served model name
+    (`tiny=/models/tiny,llama=meta-llama/Llama-3.1-8B-Instruct`); a model not named here
+    uses the tokenizer its workers advertise, if this machine can load it."""
+
+    @field_validator("tokenizers", mode="before")
+    @classmethod
+    def _split_tokenizers(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs = [p.strip() for p in value.split(",") if p.strip()]
+        if any("=" not in p for p in pairs):
+            raise ValueError("expected model=tokenizer pairs, comma-separated")
+        return dict(p.split("=", 1) for p in pairs)
 
     @model_validator(mode="after")
     def _levels_in_range(self) -> GatewaySettings:

@@ -21,6 +21,7 @@ from genq.cache import CacheStats
 from genq.errors import NotFoundError, StoreError, ValidationError
 from genq.protocol import TaskMessage
 from genq.schema import JobRecord, JobSpec, JobState, Usage
+from genq.tls import redis_from_url
 
 __all__ = [
     "ABANDON",
@@ -404,7 +405,7 @@ class JobStore:
     """Client-side access to job records (synchronous; workers use `workers.ledger`)."""
 
     def __init__(self, url: str, *, job_ttl: int) -> None:
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        self._redis = redis_from_url(url, decode_responses=True)
         self._job_ttl = job_ttl
         self._cancel = self._redis.register_script(CANCEL)
         self._submit = self._redis.register_script(SUBMIT)

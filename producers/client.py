@@ -13,7 +13,7 @@ from typing import Any
 
 from genq import names
 from genq.cache import CacheStats, cache_key
-from genq.errors import GenqError, PublishError, TimeoutError
+from genq.errors import GenqError, PublishError, StoreError, TimeoutError
 from genq.protocol import encode_task
 from genq.schema import JobRecord, JobSpec, parse_spec
 from genq.settings import ClientSettings
@@ -78,8 +78,12 @@ class Client:
         All are validated before anything is written, so an invalid request publishes
         nothing. A deterministic request may be answered from the result cache or join an
         identical job in flight (see genq/cache.py); it is then not published, and its record
-        is `succeeded` (`cached`) at once or when the identical job ends. On `PublishError`,
-        `.accepted` holds the IDs that were accepted."""
+        is `succeeded` (`cached`) at once or when the identical job ends.
+
+        On `PublishError` (the broker stayed away past the publish timeout), `.accepted`
+        holds the IDs that were accepted all the same (they will run), and `.unaccepted` the
+        positions of the requests that were not (no record, no job: submit them again; with
+        idempotency keys, resubmitting the whole batch is safe too)."""
         specs = [self.validate(r) for r in requests]
         now = time.time()
         ids = [uuid.uuid4().hex for _ in specs]
@@ -110,18 +114,30 @@ class Client:
         try:
             if outgoing:
                 self._publisher.publish(outgoing)
-        except PublishError as exc:
-            confirmed = getattr(exc, "confirmed", 0)
-            lost = [job.job_id for job in outgoing[confirmed:]]
+        except BaseException as exc:
+            # Not confirmed is not accepted: remove those records so nobody waits on a job
+            # without a message, free their idempotency keys so a retry publishes them
+            # afresh, and say exactly which requests those were.
+            confirmed = set(exc.confirmed) if isinstance(exc, PublishError) else set()
+            lost = [job.job_id for n, job in enumerate(outgoing) if n not in confirmed]
             # Followers in this batch of a leader that was lost go with it (after it).
             lost_set = set(lost)
             lost += [f["id"] for f, c in zip(records, created) if c.leader in lost_set]
             lost_set.update(lost)
             self.store.abandon(lost, error=f"not published: {exc}")
             self._release_idempotency([specs[i] for i in fresh if ids[i] in lost_set])
-            accepted = [ids[i] for i in fresh if ids[i] not in lost_set]
-            exc.accepted = accepted  # type: ignore[attr-defined]
-            raise
+            positions = [i for i in fresh if ids[i] not in lost_set]
+            accepted = [ids[i] for i in positions]
+            unaccepted = [i for i in fresh if ids[i] in lost_set]
+            if isinstance(exc, PublishError):
+                exc.accepted, exc.unaccepted = accepted, unaccepted
+                exc.accepted_positions = positions
+                raise
+            if not isinstance(exc, Exception):  # an interrupt: cleaned up, let it through
+                raise
+            # Anything else (a bug) must not pass for success either.
+            raise PublishError(f"publishing failed: {exc!r}", accepted=accepted,
+                               unaccepted=unaccepted, accepted_positions=positions) from exc
         return ids
 
     def validate(self, request: JobSpec | dict[str, Any]) -> JobSpec:
@@ -209,7 +225,14 @@ class Client:
         pending = list(dict.fromkeys(job_ids))
         delay = _POLL_FIRST
         while True:
-            for record in self.store.get_many(pending):
+            try:
+                polled = self.store.get_many(pending)
+            except StoreError as exc:
+                # Redis restarting: its records persist (AOF), so keep waiting and read
+                # again once it is back; past the timeout, TimeoutError as for any wait.
+                log.warning("reading results failed (%s); retrying", exc)
+                polled = []
+            for record in polled:
                 if record.done:
                     records[record.id] = record
                     if on_done is not None:

@@ -14,6 +14,7 @@ import pika
 from genq import names
 from genq.errors import NotFoundError
 from genq.protocol import encode_task
+from genq.tls import pika_parameters
 from producers.client import Client
 from producers.publisher import OutgoingJob
 
@@ -31,7 +32,7 @@ class DeadLetter:
 
 
 def _scan(client: Client, model: str) -> tuple[Any, Any, list[tuple[int, DeadLetter]]]:
-    conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
+    conn = pika.BlockingConnection(pika_parameters(client.settings.broker_url))
     channel = conn.channel()
     found = []
     for _ in range(_SCAN_LIMIT):

@@ -6,14 +6,20 @@ confirm before the next publish caps a client at about a thousand jobs a second,
 is published in one go on an asynchronous pika connection (its own I/O thread) and the
 caller waits until the broker has confirmed every message of it.
 
-An unconfirmed batch is retried, the unconfirmed part only, on a fresh connection; if that
-fails too, `PublishError` says how many (a prefix of the batch) were confirmed. A retried
-publish may reach the broker twice; the worker's admission (a Lua script on the job record)
-runs a job once whatever the copies."""
+The unconfirmed part of a batch (the link dropped, the broker nacked, a message came back
+unroutable) is retried on a fresh connection, with a short backoff, for up to one publish
+timeout after the first failure: a dropped connection or a quick broker restart costs the
+caller a pause, not an error. Past that, `PublishError.confirmed` lists exactly which
+messages the broker confirmed (confirms need not arrive in order), so the caller can tell
+accepted jobs from the rest. A retried message may reach the broker twice (the broker had it
+but its confirm was lost with the connection); the worker's admission (a Lua script on the
+job record) runs a job once whatever the copies."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,13 +32,16 @@ from pika.adapters.select_connection import SelectConnection
 from genq import names
 from genq.errors import PublishError
 from genq.protocol import CONTENT_TYPE
+from genq.tls import pika_parameters
 from genq.topology import declare_model
 
 __all__ = ["OutgoingJob", "Publisher"]
 
-# Attempts for one batch before giving up: enough to ride out a broker restart's first
-# refused connections, few enough that a caller learns of an outage in seconds.
-_ATTEMPTS = 3
+# Retry backoff after a failed attempt: quick for a dropped connection, doubling so a broker
+# that is restarting is not hammered; attempts stop one publish timeout after the first
+# failure, so a caller learns of a real outage in seconds.
+_RETRY_FIRST = 0.2
+_RETRY_MAX = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +54,20 @@ class OutgoingJob:
 
 
 class _Batch:
-    """One publish call's messages in flight, by delivery tag (tags ascend as published)."""
+    """One publish attempt's messages in flight, by delivery tag (tags ascend as published)."""
 
-    def __init__(self, size: int) -> None:
-        self.acked = [False] * size
+    def __init__(self, jobs: Sequence[OutgoingJob]) -> None:
+        self.acked = [False] * len(jobs)
         self.by_tag: dict[int, int] = {}
+        self._by_id = {job.job_id: i for i, job in enumerate(jobs)}
         self._order: deque[int] = deque()
+        self.returned: set[int] = set()
+        """Indexes the broker returned as unroutable: their ack means nothing."""
         self.failed: str | None = None
         self.done = threading.Event()
+        self.settled_at = time.monotonic()
+        """When a confirm last arrived: a broker that is slow (flow control under a big
+        batch) but confirming is waited for; one that stopped confirming is not."""
 
     def add(self, tag: int, index: int) -> None:
         self.by_tag[tag] = index
@@ -60,6 +75,7 @@ class _Batch:
 
     def settle(self, tag: int, multiple: bool, ok: bool) -> None:
         """An ack or nack; `multiple` covers every outstanding tag up to `tag`."""
+        self.settled_at = time.monotonic()
         tags = [tag]
         if multiple:
             tags = []
@@ -67,23 +83,27 @@ class _Batch:
                 tags.append(self._order.popleft())
         for t in tags:
             index = self.by_tag.pop(t, None)
-            if index is not None and ok:
+            if index is None:
+                continue
+            if ok and index not in self.returned:
                 self.acked[index] = True
-            elif index is not None and self.failed is None:
-                self.failed = "nacked by the broker"
+            elif not ok:
+                self.failed = self.failed or "nacked by the broker"
         if not self.by_tag:
             self.done.set()
 
+    def returned_unroutable(self, job_id: str) -> None:
+        """basic.return (mandatory, no queue bound): the broker acks it next, so mark it
+        first; keep waiting for the other confirms."""
+        index = self._by_id.get(job_id)
+        if index is not None:
+            self.returned.add(index)
+        self.failed = self.failed or f"unroutable message {job_id} (its queue is missing)"
+
     def fail(self, why: str) -> None:
+        """The link is gone: no more confirms will come."""
         self.failed = self.failed or why
         self.done.set()
-
-
-def _confirmed_prefix(acked: list[bool]) -> int:
-    n = 0
-    while n < len(acked) and acked[n]:
-        n += 1
-    return n
 
 
 class _Link:
@@ -118,13 +138,14 @@ class _Link:
     def _open_failed(self, _conn: Any, error: Any) -> None:
         self._error = f"cannot connect: {error!r}"
         self._ready.set()
+        self.conn.ioloop.stop()  # else the thread would spin on a connection that never was
 
     def _closed(self, _conn: Any, reason: Any) -> None:
         self._lost(f"connection closed: {reason!r}")
         self.conn.ioloop.stop()
 
     def _lost(self, why: str) -> None:
-        self._error = why
+        self._error = self._error or why
         if self._batch is not None:
             self._batch.fail(why)
 
@@ -135,26 +156,32 @@ class _Link:
             self._batch.settle(method.delivery_tag, method.multiple, ok)
 
     def _returned(self, _ch: Any, _method: Any, props: Any, _body: bytes) -> None:
-        # Unroutable (no queue bound): the ack that follows must not count as delivery.
         if self._batch is not None:
-            self._batch.fail(f"unroutable message {props.correlation_id}")
+            self._batch.returned_unroutable(props.correlation_id)
 
     def _send(self, jobs: Sequence[OutgoingJob], indexes: list[int], batch: _Batch) -> None:
         self._batch = batch
-        for i in indexes:
-            job = jobs[i]
-            batch.add(self._next_tag, i)
-            self._next_tag += 1
-            self.channel.basic_publish(
-                exchange=names.EXCHANGE,
-                routing_key=names.level_routing_key(job.model, job.level),
-                body=job.body,
-                properties=pika.BasicProperties(
-                    content_type=CONTENT_TYPE, content_encoding="utf-8",
-                    delivery_mode=pika.DeliveryMode.Persistent,
-                    correlation_id=job.job_id, headers=job.headers),
-                mandatory=True,
-            )
+        if self._error is not None:  # closed between the caller's check and now
+            batch.fail(self._error)
+            return
+        try:
+            for i in indexes:
+                job = jobs[i]
+                batch.add(self._next_tag, i)
+                self._next_tag += 1
+                self.channel.basic_publish(
+                    exchange=names.EXCHANGE,
+                    routing_key=names.level_routing_key(job.model, job.level),
+                    body=job.body,
+                    properties=pika.BasicProperties(
+                        content_type=CONTENT_TYPE, content_encoding="utf-8",
+                        delivery_mode=pika.DeliveryMode.Persistent,
+                        correlation_id=job.job_id, headers=job.headers),
+                    mandatory=True,
+                )
+        except Exception as exc:  # the channel or socket went while publishing
+            batch.fail(f"publish failed: {exc!r}")
+            return
         if not batch.by_tag:
             batch.done.set()
 
@@ -164,20 +191,30 @@ class _Link:
         return self._error is None and self.conn.is_open
 
     def publish(self, jobs: Sequence[OutgoingJob], indexes: list[int], batch: _Batch) -> None:
-        self.conn.ioloop.add_callback_threadsafe(lambda: self._send(jobs, indexes, batch))
+        try:
+            self.conn.ioloop.add_callback_threadsafe(lambda: self._send(jobs, indexes, batch))
+        except Exception as exc:  # the I/O loop is already gone
+            batch.fail(f"connection gone: {exc!r}")
 
     def close(self) -> None:
-        if self.conn.is_open:
-            self.conn.ioloop.add_callback_threadsafe(self.conn.close)
+        try:
+            if self.conn.is_open:
+                self.conn.ioloop.add_callback_threadsafe(self.conn.close)
+            elif self._thread.is_alive():
+                self.conn.ioloop.add_callback_threadsafe(self.conn.ioloop.stop)
+        except Exception:  # the I/O loop is already gone
+            pass
         self._thread.join(5)
 
 
 class Publisher:
     def __init__(self, url: str, *, levels: int, timeout: float) -> None:
-        self._params = pika.URLParameters(url)
+        self._params = pika_parameters(url)
         self._params.blocked_connection_timeout = timeout
         self._params.socket_timeout = timeout
         self._params.connection_attempts = 1
+        # Named, so an operator (and a test) can tell producer connections apart.
+        self._params.client_properties = {"connection_name": f"genq-producer {os.getpid()}"}
         self._timeout = timeout
         self._levels = levels
         self._lock = threading.Lock()  # one batch in flight per publisher
@@ -185,36 +222,58 @@ class Publisher:
         self._declared: set[str] = set()
 
     def publish(self, jobs: Sequence[OutgoingJob]) -> None:
-        """Publish every job, confirmed, or raise `PublishError` with `.confirmed` set."""
+        """Publish every job, confirmed, or raise `PublishError` whose `confirmed` lists the
+        indexes (into `jobs`) the broker did confirm."""
         with self._lock:
             acked = [False] * len(jobs)
-            last_error = ""
-            for _attempt in range(_ATTEMPTS):
+            errors: list[str] = []
+            give_up_at: float | None = None  # set by the first failure
+            delay = _RETRY_FIRST
+            while True:
                 todo = [i for i, ok in enumerate(acked) if not ok]
                 if not todo:
                     return
-                try:
-                    self._declare({jobs[i].model for i in todo})
-                    link = self._ensure_link()
-                except (pika.exceptions.AMQPError, OSError) as exc:
-                    last_error = repr(exc)
-                    self._reset()
+                if give_up_at is not None and time.monotonic() >= give_up_at:
+                    break
+                error = self._attempt(jobs, todo, acked)
+                if error is None:
                     continue
-                batch = _Batch(len(jobs))
-                link.publish(jobs, todo, batch)
-                # The whole batch is confirmed within the timeout, or it failed.
-                if not batch.done.wait(self._timeout + len(todo) / 1000):
-                    batch.fail(f"no confirm within {self._timeout} s")
-                acked = [a or b for a, b in zip(acked, batch.acked)]
-                if batch.failed:
-                    last_error = batch.failed
-                    self._reset()
-            if all(acked):
-                return
-            error = PublishError(f"broker did not confirm {acked.count(False)} of {len(jobs)} "
-                                 f"jobs: {last_error}")
-            error.confirmed = _confirmed_prefix(acked)  # type: ignore[attr-defined]
-            raise error
+                errors.append(error)
+                self._reset()
+                if give_up_at is None:
+                    give_up_at = time.monotonic() + self._timeout
+                time.sleep(max(0.0, min(delay, give_up_at - time.monotonic())))
+                delay = min(delay * 2, _RETRY_MAX)
+            confirmed = [i for i, ok in enumerate(acked) if ok]
+            why = errors[0] if errors[-1] == errors[0] else f"{errors[0]}; then {errors[-1]}"
+            why += f" ({len(errors)} attempts)"
+            raise PublishError(
+                f"the broker did not confirm {len(jobs) - len(confirmed)} of {len(jobs)} "
+                f"jobs ({len(confirmed)} confirmed): {why}", confirmed=confirmed)
+
+    def _attempt(self, jobs: Sequence[OutgoingJob], todo: list[int],
+                 acked: list[bool]) -> str | None:
+        """Publish `todo` once, marking in `acked` what the broker confirmed; why it failed,
+        or None."""
+        try:
+            self._declare({jobs[i].model for i in todo})
+            link = self._ensure_link()
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            return f"cannot reach the broker: {exc!r}"
+        batch = _Batch(jobs)
+        link.publish(jobs, todo, batch)
+        # Confirms keep coming, each within the timeout of the last, or the attempt failed.
+        # (A fixed deadline for the whole batch failed a 10,000-job batch that RabbitMQ was
+        # confirming slowly, under flow control, while a worker consumed the same queues.)
+        while not batch.done.wait(min(1.0, self._timeout)):
+            if time.monotonic() - batch.settled_at >= self._timeout:
+                batch.fail(f"no confirm for {self._timeout} s")
+                break
+        for i, ok in enumerate(batch.acked):
+            acked[i] = acked[i] or ok
+        # A queue gone missing (deleted, or a broker that lost its data): declare again.
+        self._declared -= {jobs[i].model for i in batch.returned}
+        return batch.failed
 
     def _declare(self, models: set[str]) -> None:
         """Declare a model's exchange and queues once (idempotent at the broker)."""
@@ -228,7 +287,8 @@ class Publisher:
                 declare_model(channel, model, self._levels)
                 self._declared.add(model)
         finally:
-            conn.close()
+            if conn.is_open:
+                conn.close()
 
     def _ensure_link(self) -> _Link:
         if self._link is None or not self._link.usable:

@@ -6,13 +6,14 @@ import pika
 import pika.exceptions
 
 from genq import names
+from genq.tls import pika_parameters
 
 __all__ = ["purge_model", "queue_depths"]
 
 
 def queue_depths(url: str, model: str, levels: int) -> dict[int, int]:
     """Messages ready in each level's queue (0 for a queue not declared yet)."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = pika.BlockingConnection(pika_parameters(url))
     depths = {}
     try:
         for level in range(levels):
@@ -29,7 +30,7 @@ def queue_depths(url: str, model: str, levels: int) -> dict[int, int]:
 
 
 def purge_model(url: str, model: str, levels: int, *, delete: bool = False) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = pika.BlockingConnection(pika_parameters(url))
     channel = conn.channel()
     queues = [names.level_queue(model, p) for p in range(levels)] + [names.dead_queue(model)]
     for queue in queues:

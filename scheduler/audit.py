@@ -28,7 +28,8 @@ class Start(NamedTuple):
 
 
 def overtakings_past_bound(starts: Iterable[tuple[str, int, float, float | None]], *,
-                           alpha: float, beta: float, slack: float = 0.0) -> int:
+                           alpha: float, beta: float, slack: float = 0.0,
+                           in_transit: float = 0.0) -> int:
     """Count the pairs (i, j) where job j started before job i although j arrived more than
     `(α/β)·(p_j − p_i) + slack` seconds after i, and i was already waiting when j started.
 
@@ -37,6 +38,9 @@ def overtakings_past_bound(starts: Iterable[tuple[str, int, float, float | None]
     starting after everything that did start. Leave out jobs that expired or were cancelled:
     they never competed for a start. `slack` (seconds) absorbs known looseness: the jobs other
     workers held in their windows, or the `fair` policy's band (`fair_levels·α/β`).
+    `in_transit` (seconds): a job that arrived less than this before j started was still on
+    its way (publish, broker, delivery) and could not have been seen; it is not counted as
+    waiting at that start.
 
     Under the `score` policy with every waiting job visible, the count is 0: j starts first
     only if its key α·p_j − β·t_j is at least i's, i.e. t_j − t_i ≤ (α/β)·(p_j − p_i).
@@ -48,15 +52,19 @@ def overtakings_past_bound(starts: Iterable[tuple[str, int, float, float | None]
     the keys of the jobs waiting at each start."""
     if not beta > 0:
         raise ValueError(f"beta: must be > 0, not {beta!r}")
+    if not in_transit >= 0:
+        raise ValueError(f"in_transit: must be >= 0 seconds, not {in_transit!r}")
     # Events (time, kind, key): kind 0 = arrival, 1 = start; arrivals at an instant go first.
     events: list[tuple[float, int, float]] = []
     for _job_id, priority, enqueued_at, started_at in starts:
         key = static_key(priority, enqueued_at, alpha=alpha, beta=beta)
+        visible_at = enqueued_at + in_transit
         if started_at is None:
-            events.append((enqueued_at, 0, key))
+            events.append((visible_at, 0, key))
         else:
-            # A start recorded before the enqueue (clock skew) still finds its own arrival.
-            events.append((min(enqueued_at, started_at), 0, key))
+            # A start recorded before the job was visible (in transit, or clock skew) still
+            # finds its own arrival.
+            events.append((min(visible_at, started_at), 0, key))
             events.append((started_at, 1, key))
     events.sort(key=lambda e: (e[0], e[1]))
     # k_i − k_j > β·(slack + ε) is t_j − t_i > (α/β)·(p_j − p_i) + slack + ε.

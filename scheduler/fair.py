@@ -26,7 +26,9 @@ What it guarantees, for one worker and what it holds:
   single charge) they stay so, and the service charged to any two of them over an interval
   differs by at most 2U (VTC's bound). Output charged only when a job finishes lags by what
   is in flight: with C engine slots, U_p the largest admission charge and U_o the largest
-  output of a job, the counters stay within U_p + C·U_o and the bound is 2·(U_p + C·U_o).
+  output of a job, the counters stay within B = U_p + C·U_o, and over an interval the
+  service differs by at most 2B plus what its edges let in (the last admission's prompt and
+  the outputs that ended just before the first): 2B + U_p + C·U_o.
 - No banked credit. A tenant that starts holding candidates again has its counter lifted to
   the smallest counter among tenants holding candidates (to the last one to leave if none
   do), as VTC does: idling earns nothing. A tenant new to the worker, its job inside the

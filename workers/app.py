@@ -17,6 +17,7 @@ from celery import Celery, bootsteps
 
 from genq import names
 from genq.settings import WorkerSettings
+from genq.tls import celery_ssl
 from workers.consumer import GpuConsumer
 
 __all__ = ["GpuConsumerStep", "app", "create_app", "run_worker"]
@@ -70,6 +71,7 @@ def create_app(settings: WorkerSettings) -> Celery:
         worker_enable_remote_control=True,
         result_expires=settings.job_ttl,
     )
+    celery.conf.update(celery_ssl(settings.broker_url, settings.redis_url, settings))
     celery.steps["worker"].add(GpuConsumerStep)
     return celery
 

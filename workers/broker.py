@@ -25,6 +25,7 @@ import pika.exceptions
 
 from genq import names
 from genq.protocol import CONTENT_TYPE
+from genq.tls import pika_parameters
 from genq.topology import declare_model
 
 __all__ = ["BrokerLink", "Delivery"]
@@ -37,6 +38,10 @@ _BACKOFF_MAX = 5.0
 # How often the thread comes up from processing events to publish what the loop queued
 # (hand-backs, reaped jobs, dead letters: rare, and none on the hot path).
 _POLL_SECONDS = 0.05
+
+
+class _ConsumerCancelled(Exception):
+    """The broker cancelled a consumer (its queue was deleted, or its node went away)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,7 @@ class BrokerLink:
         on_delivery: Callable[[Delivery], None],
         on_reset: Callable[[int], None],
     ) -> None:
-        self._params = pika.URLParameters(url)
+        self._params = pika_parameters(url)
         # Heartbeats keep a dead peer from holding jobs unseen; the loop below services them.
         self._params.heartbeat = 30
         self._model = model
@@ -76,9 +81,14 @@ class BrokerLink:
         self._channel: Any = None
         self._publish_channel: Any = None
         self._consumer_tags: list[str] = []
+        self._own_cancels: set[str] = set()
+        self._cancelled_by_broker = ""
         self._stopping = threading.Event()
         self._consuming = True
+        self._taking = True
+        """False while the worker holds off (see `take`): no consumers, nothing delivered."""
         self._outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._take_waiters: queue.Queue[Future[None]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="genq-broker", daemon=True)
         self.connected = threading.Event()
 
@@ -115,6 +125,27 @@ class BrokerLink:
         can wait forever on the very loop it blocks)."""
         self._consuming = False
 
+    def take(self, on: bool) -> Future[None]:
+        """Consume, or not: a worker whose engine stays full gives its window back and stops
+        consuming, so the jobs it would hold wait in RabbitMQ where other workers see them
+        (workers/consumer.py). Applied by the thread between rounds (basic.cancel blocks);
+        the future is done once it was, or once there is no connection to apply it to."""
+        future: Future[None] = Future()
+        self._taking = on
+        self._take_waiters.put(future)
+        if not self._call(lambda: None):  # wake the loop; no connection: nothing to cancel
+            self._settle_take_waiters()
+        return future
+
+    def _settle_take_waiters(self) -> None:
+        while True:
+            try:
+                future = self._take_waiters.get_nowait()
+            except queue.Empty:
+                return
+            if not future.done():
+                future.set_result(None)
+
     def publish(
         self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes,
         *, job_id: str,
@@ -148,8 +179,11 @@ class BrokerLink:
                 future.set_result(None)
             except Exception as exc:
                 future.set_exception(exc)
+                # The connection or the publish channel is gone (a closed channel stays
+                # closed): start over on a new connection. A nack or an unroutable return
+                # fails only its own publish.
                 if isinstance(exc, (pika.exceptions.AMQPConnectionError,
-                                    pika.exceptions.ChannelClosed)):
+                                    pika.exceptions.AMQPChannelError)):
                     raise
 
     def _call(self, fn: Callable[[], None]) -> bool:
@@ -165,6 +199,11 @@ class BrokerLink:
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Connect, consume, and on any failure start over: a broker restart, a dropped
+        connection or a closed channel costs a reconnect, never the worker. Each connection
+        is a new epoch: acks and requeues of deliveries from an older one are dropped (the
+        broker requeued those messages when their connection died, and a delivery tag means
+        nothing on another channel: acking it there would close the new channel)."""
         delay = _BACKOFF_FIRST
         while not self._stopping.is_set():
             try:
@@ -172,13 +211,24 @@ class BrokerLink:
                 delay = _BACKOFF_FIRST
                 while not self._stopping.is_set():
                     self._conn.process_data_events(time_limit=_POLL_SECONDS)  # type: ignore[union-attr]
+                    if self._cancelled_by_broker:
+                        raise _ConsumerCancelled(
+                            f"the broker cancelled consumer {self._cancelled_by_broker} "
+                            "(its queue deleted?)")
                     self._drain_outbox()
-            except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._sync_consumers()
+            except (pika.exceptions.AMQPError, OSError, _ConsumerCancelled) as exc:
                 log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)
+            except Exception:  # a bug in a callback must not end consuming for good
+                log.exception("broker link failed; reconnecting in %.1f s", delay)
             finally:
                 self.connected.clear()
-                self._loop.call_soon_threadsafe(self._on_reset, self._epoch)
                 self._close()
+                self._settle_take_waiters()  # the held messages went back with the connection
+                try:
+                    self._loop.call_soon_threadsafe(self._on_reset, self._epoch)
+                except RuntimeError:  # the event loop is closed: the worker is exiting
+                    pass
             if not self._stopping.wait(delay):
                 delay = min(delay * 2, _BACKOFF_MAX)
 
@@ -188,18 +238,47 @@ class BrokerLink:
         self._channel = self._conn.channel()
         declare_model(self._channel, self._model, self._levels)
         self._channel.basic_qos(prefetch_count=self._window, global_qos=False)
+        # Without this a consumer the broker cancels is gone for good while the connection
+        # lives on: its queue, declared again by the next producer, would never be consumed.
+        # Starting over declares the queues again and consumes them all.
+        self._channel.add_on_cancel_callback(self._cancelled)
         self._publish_channel = self._conn.channel()
         self._publish_channel.confirm_delivery()
         self._consumer_tags = []
-        if self._consuming:
-            # Highest level first: after a restart its head is the first job handed over.
-            for level in reversed(range(self._levels)):
-                self._consumer_tags.append(self._channel.basic_consume(
-                    names.level_queue(self._model, level),
-                    self._make_callback(level, self._epoch),
-                ))
+        self._own_cancels: set[str] = set()
+        self._cancelled_by_broker = ""
+        if self._consuming and self._taking:
+            self._consume_all()
         self.connected.set()
         log.info("broker connected (epoch %d)", self._epoch)
+
+    def _consume_all(self) -> None:
+        # Highest level first: after a restart, or a hold-off, its head is the first job
+        # handed over.
+        for level in reversed(range(self._levels)):
+            self._consumer_tags.append(self._channel.basic_consume(
+                names.level_queue(self._model, level),
+                self._make_callback(level, self._epoch),
+            ))
+
+    def _sync_consumers(self) -> None:
+        """Start or cancel the level consumers as `take` asked."""
+        if self._taking and self._consuming and not self._consumer_tags:
+            self._consume_all()
+        elif not self._taking and self._consumer_tags:
+            tags, self._consumer_tags = self._consumer_tags, []
+            self._own_cancels.update(tags)
+            for tag in tags:
+                # Deliveries not yet handed to the loop go back to the queue (pika rejects
+                # them with requeue); those the loop holds stay held until it requeues them.
+                self._channel.basic_cancel(tag)
+        self._settle_take_waiters()
+
+    def _cancelled(self, frame: Any) -> None:
+        # Noted here, acted on by the loop: pika logs any exception raised in a callback.
+        # A consumer this link is cancelling itself (hold-off) is not the broker's doing.
+        if frame.method.consumer_tag not in self._own_cancels:
+            self._cancelled_by_broker = frame.method.consumer_tag
 
     def _make_callback(self, level: int, epoch: int) -> Callable[..., None]:
         def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ from genq.errors import EngineDeadError, RequestRejectedError, ValidationError
 from genq.protocol import TaskMessage, decode_task, encode_task
 from genq.schema import JobState
 from genq.settings import WorkerSettings
-from scheduler import Candidate, create_admission_queue
+from scheduler import Candidate, create_admission_queue, static_key
+from scheduler.refill import RefillWatch
 from workers.broker import BrokerLink, Delivery
-from workers.courier import Courier
+from workers.courier import Courier, crashes
 from workers.engine import Engine, Generation
 from workers.events import TaskEvents
 from workers.ledger import Ledger
+from workers.progress import generate
 
 __all__ = ["EXIT_ENGINE_DEAD", "GpuConsumer"]
 
@@ -49,6 +52,13 @@ _REDIS_RETRY_SECONDS = 1.0
 # A finished job's result is kept trying for this long while Redis is away; past it the
 # job's lease expires and another attempt produces the result instead.
 _FINISH_RETRY_SECONDS = 120.0
+# After the engine died, running jobs see it at once (EngineDeadError) and hand themselves
+# back as crash suspects; the ones that don't within this long are cancelled and handed back.
+_DEAD_ENGINE_GRACE = 10.0
+# Stopping waits this long for cancelled tasks (hand-backs publish within 30 s), then goes
+# on: redis-py's asyncio client can swallow a cancellation that lands mid-command (seen: 3
+# in 50 tries), and a task that never ends must not keep a dead worker from exiting.
+_CANCEL_WAIT_SECONDS = 45.0
 
 EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
@@ -71,6 +81,9 @@ class _Running:
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     started: float = field(default_factory=time.monotonic)
+    crashes: int = 0
+    """Engine deaths it was running at before this attempt: > 0 makes it a crash suspect,
+    which never shares the engine with another (see workers/courier.py)."""
 
 
 class GpuConsumer:
@@ -85,6 +98,13 @@ class GpuConsumer:
                                              alpha=settings.alpha,
                                              beta=settings.beta)
         self._held: dict[str, Candidate[Delivery]] = {}
+        self._refill = RefillWatch(settings.refill_wait)
+        self._refill_timer: asyncio.TimerHandle | None = None
+        self._last_admission = time.monotonic()
+        self._holding_off = False
+        self._lean = False
+        """Held off before and still slow: give the window back as soon as the engine is
+        full again, not after another hold_seconds."""
         self._running: dict[str, _Running] = {}
         self._admitting = 0
         self._ready = threading.Event()
@@ -96,7 +116,7 @@ class GpuConsumer:
         self._thread = threading.Thread(target=self._thread_main, name="genq-gpu", daemon=True)
         self.fatal: BaseException | None = None
         self.stats = {"admitted": 0, "succeeded": 0, "failed": 0, "handed_back": 0,
-                      "reaped": 0, "dead_lettered": 0}
+                      "reaped": 0, "dead_lettered": 0, "held_off": 0}
 
     # -- lifecycle, called from Celery's thread ----------------------------------------------
 
@@ -150,13 +170,15 @@ class GpuConsumer:
             window=self.settings.window, loop=self._loop,
             on_delivery=self._on_delivery, on_reset=self._on_reset,
         )
-        self.courier = Courier(self.broker, self.ledger, model=self.model)
+        self.courier = Courier(self.broker, self.ledger, model=self.model,
+                               max_attempts=self.settings.max_attempts)
         self.broker.start()
         background = [
             asyncio.create_task(self._admission_loop(), name="admission"),
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._cancel_listener(), name="cancels"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._hold_off_loop(), name="hold-off"),
         ]
         self._ready.set()
         log.info("GPU consumer ready: model %s, %s", self.model, self.engine.describe())
@@ -167,7 +189,7 @@ class GpuConsumer:
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self.broker.pause()
-        grace = 0.0 if self.fatal is not None else self.settings.grace_period
+        grace = _DEAD_ENGINE_GRACE if self.fatal is not None else self.settings.grace_period
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -175,10 +197,11 @@ class GpuConsumer:
         tasks = [r.task for r in self._running.values() if r.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=_CANCEL_WAIT_SECONDS)
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.wait(background, timeout=_CANCEL_WAIT_SECONDS)
         self.broker.stop()  # held, unacked messages go back to their queues
         self.events.stop()
         try:
@@ -210,6 +233,7 @@ class GpuConsumer:
                               payload=(delivery, message))
         self._held[job_id] = candidate
         self._queue.add(candidate)
+        self._refill.delivered(delivery.level, self._key(candidate))
         self.events.received(job_id, kwargs=str(delivery.headers.get("kwargsrepr", "")),
                              retries=message.attempts)
         assert self._wake is not None
@@ -237,11 +261,16 @@ class GpuConsumer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while len(self._queue) and not self._handing_back:
-                room = self.capacity - len(self._running) - self._admitting
+            # Nothing enters an engine that died: it would only fail there, one attempt more.
+            if self._holding_off and self._room() > 0:
+                self._resume_taking()
+            while len(self._queue) and not self._handing_back and self.fatal is None:
+                room = self._room()
                 if room <= 0:
                     break
-                batch = [self._queue.pop() for _ in range(min(room, len(self._queue)))]
+                batch = self._next_batch(room)
+                if not batch:
+                    break  # only crash suspects held, and one is running: its end wakes us
                 for candidate in batch:
                     del self._held[candidate.job_id]
                 self._admitting += len(batch)
@@ -258,14 +287,117 @@ class GpuConsumer:
                     continue
                 finally:
                     self._admitting -= len(batch)
+                now = time.monotonic()
+                if now - self._last_admission < self.settings.hold_seconds:
+                    self._lean = False  # admitting often: not stuck
+                self._last_admission = now
                 for candidate, decision in zip(batch, decisions):
                     self._act(candidate, decision)
+                if self._lean and self._held and self._room() <= 0 and not self._holding_off:
+                    await self._hold_off()
+
+    def _room(self) -> int:
+        return self.capacity - len(self._running) - self._admitting
+
+    # -- holding off: a full engine gives its window back ------------------------------------
+    #
+    # What a worker holds unstarted, no other worker can see. While its engine has room that
+    # costs nothing (held jobs start within a broker round trip), but a worker whose engine
+    # stays full (long jobs, a slow accelerator) would keep its window waiting while an idle
+    # worker finds the queues empty. So after `hold_seconds` full without admitting anything
+    # (a busy engine that frees slots all the time is not stuck) it hands the held jobs
+    # back (they return to their queues' heads) and stops consuming; the first free slot
+    # starts consuming again, and admission waits for the levels' first deliveries
+    # (scheduler/refill.py) before choosing. A worker that held off stays lean (gives the
+    # window back as soon as its engine is full again) until two admissions come less than
+    # hold_seconds apart.
+
+    async def _hold_off_loop(self) -> None:
+        hold = self.settings.hold_seconds
+        if hold <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(0.25, hold / 2))
+            if (not self._holding_off and self._held and self._room() <= 0
+                    and time.monotonic() - self._last_admission >= hold):
+                await self._hold_off()
+
+    async def _hold_off(self) -> None:
+        entering = not self._lean
+        self._holding_off = True
+        self._lean = True
+        # Stop deliveries first, then give back: given back while still consuming, a job
+        # could come straight back to this worker.
+        await asyncio.wrap_future(self.broker.take(False))
+        given = 0
+        for job_id, candidate in list(self._held.items()):
+            delivery = candidate.payload[0]
+            self._queue.remove(job_id)
+            del self._held[job_id]
+            self._refill.given_back(delivery.level, self._key(candidate))
+            self.broker.requeue(delivery.epoch, delivery.tag)
+            given += 1
+        self.stats["held_off"] += 1
+        # Once per slow stretch at INFO; while it lasts it happens at every admission.
+        log.log(logging.INFO if entering else logging.DEBUG,
+                "engine full, nothing admitted for %.1f s: gave back %d held jobs, not "
+                "consuming until a slot frees", self.settings.hold_seconds, given)
+        assert self._wake is not None
+        self._wake.set()  # a slot may have freed meanwhile
+
+    def _resume_taking(self) -> None:
+        self._holding_off = False
+        now = time.monotonic()
+        for level in range(self.settings.levels):
+            self._refill.expect(level, self.settings.window, now)
+        self.broker.take(True)
+
+    def _key(self, candidate: Candidate[Any]) -> float:
+        return static_key(candidate.priority, candidate.enqueued_at,
+                          alpha=self.settings.alpha, beta=self.settings.beta)
+
+    def _held_back(self, candidate: Candidate[Any]) -> bool:
+        """Whether a better job may be a broker round trip away (scheduler/refill.py); if
+        so, admission looks again when that refill is due."""
+        now = time.monotonic()
+        due = self._refill.held_back(self._key(candidate), now)
+        if due is None:
+            return False
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        assert self._wake is not None
+        self._refill_timer = asyncio.get_running_loop().call_later(due - now, self._wake.set)
+        return True
+
+    def _next_batch(self, room: int) -> list[Candidate[Any]]:
+        """Up to `room` best candidates, but never two crash suspects in the engine at once:
+        a second suspect waits (it keeps its place) without holding up the jobs behind it;
+        and none while a better job may be about to arrive (`_held_back`)."""
+        suspect_in = any(r.crashes for r in self._running.values())
+        batch: list[Candidate[Any]] = []
+        waiting: list[Candidate[Any]] = []
+        while len(batch) < room and len(self._queue):
+            if self._held_back(self._queue.peek()):
+                break
+            candidate = self._queue.pop()
+            self._refill.taken(candidate.payload[0].level, time.monotonic())
+            if crashes(candidate.payload[0].headers):
+                if suspect_in:
+                    waiting.append(candidate)
+                    continue
+                suspect_in = True
+            batch.append(candidate)
+        for candidate in waiting:  # back in the queue, its tenant's admission charge refunded
+            self._queue.charge(candidate.tenant, -candidate.cost)
+            self._queue.add(candidate)
+        return batch
 
     def _act(self, candidate: Candidate[Any], decision: str) -> None:
         delivery, message = candidate.payload
         job_id = message.job_id
         if decision == "running":
-            running = _Running(message, cost=candidate.cost)
+            running = _Running(message, cost=candidate.cost,
+                               crashes=crashes(delivery.headers))
             self._running[job_id] = running
             running.task = asyncio.create_task(self._run(running), name=job_id)
             self.stats["admitted"] += 1
@@ -294,24 +426,24 @@ class GpuConsumer:
         job_id = message.job_id
         attempt = message.attempts + 1
         try:
-            generation = await self.engine.generate(job_id, message.spec)
+            generation = await generate(self.engine, self.ledger.redis, message)
         except asyncio.CancelledError:
             if running.cancel_requested:
                 await self._end(job_id, JobState.CANCELLED,
                                 error="cancelled by the client while running")
                 self.events.revoked(job_id)
+            elif self.engine.dead:  # cancelled at shutdown after the engine died under it
+                await self._crashed(running, EngineDeadError("the engine died"))
             else:
                 await self.courier.hand_back(message, attempts=attempt)
                 self.stats["handed_back"] += 1
         except RequestRejectedError as exc:
             await self._fail(running, f"rejected by the engine: {exc}")
         except EngineDeadError as exc:
-            await self.courier.hand_back(message, attempts=message.attempts)
-            self._die(exc)
+            await self._crashed(running, exc)
         except Exception as exc:  # a passing engine error: retry, within bounds
             if self.engine.dead:
-                await self.courier.hand_back(message, attempts=message.attempts)
-                self._die(exc)
+                await self._crashed(running, exc)
             elif attempt >= self.settings.max_attempts:
                 await self._fail(running, f"failed after {attempt} attempts: {exc!r}",
                                  dead_letter=True)
@@ -378,6 +510,23 @@ class GpuConsumer:
             except Exception:  # the lease loop's reaper tries again
                 log.warning("publishing a promoted follower failed", exc_info=True)
 
+    async def _crashed(self, running: _Running, exc: BaseException) -> None:
+        """The engine died with this job in it. Stop taking work; hand the job back as a
+        crash suspect, or, if this was its last attempt, fail and dead-letter it: a job that
+        kills every engine it runs in must not go round the fleet forever."""
+        self._die(exc)
+        message = running.message
+        attempt = message.attempts + 1
+        if attempt < self.settings.max_attempts:
+            await self.courier.hand_back(message, attempts=attempt, crashed=True)
+            self.stats["handed_back"] += 1
+            return
+        deaths = running.crashes + 1
+        reason = f"the engine died while running it {deaths} times"
+        if deaths != attempt:
+            reason += f" (attempt {attempt} of {self.settings.max_attempts})"
+        await self._fail(running, reason, dead_letter=True)
+
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
@@ -406,11 +555,16 @@ class GpuConsumer:
                 snapshot = {"model": self.model, "capacity": self.capacity,
                             "running": len(self._running), "held": len(self._held),
                             "pid": os.getpid(), "at": time.time(), **self.stats,
-                            **self.engine.counters.snapshot()}
+                            **self.engine.counters.snapshot(), **self.engine.describe()}
+                pids = self.engine.core_pids()
+                # Where the worker and its engine core run: for operators and `genq chaos`.
+                snapshot.update(host=socket.gethostname(), engine_pid=pids[0] if pids else "")
                 await self.ledger.redis.hset(key, mapping=snapshot)
                 await self.ledger.redis.expire(key, _HEARTBEAT_TTL)
             except Exception:  # Redis away: the next beat tries again
                 log.warning("heartbeat to Redis failed", exc_info=True)
+            if self.engine.dead:  # a dead engine core that no running job has noticed yet
+                self._die(EngineDeadError("the engine core process is gone"))
             await asyncio.sleep(_HEARTBEAT_PERIOD)
 
     async def _cancel_listener(self) -> None:

@@ -1,7 +1,19 @@
 """Putting jobs back: hand-backs, the lease reaper, and the dead-letter queue.
 
 Every path that gives a job back republishes its message with the ORIGINAL enqueue time, so
-the job keeps its age, and so its score, when it returns."""
+the job keeps its age, and so its score, when it returns.
+
+Attempts: a job's record counts every start (ADMIT), and every republish carries that count.
+A job started `max_attempts` times whose engine dies under it again (workers/consumer.py), or
+whose worker stops renewing its lease again (the reaper, here), is failed and dead-lettered
+instead of coming back: a job that crashes whatever runs it must not take the fleet down
+forever.
+
+Crash suspects: a job running when its engine died carries the number of such deaths in
+its message (CRASHES_HEADER). Every job in the batch dies with the engine, and only one of
+them may be to blame, so a worker never runs two suspects at once: a poison job then takes
+each innocent bystander down at most once, and the bystanders never reach max_attempts on
+its account."""
 
 from __future__ import annotations
 
@@ -16,18 +28,29 @@ from genq.schema import JobSpec, JobState
 from workers.broker import BrokerLink
 from workers.ledger import Ledger
 
-__all__ = ["Courier"]
+__all__ = ["CRASHES_HEADER", "Courier", "crashes"]
 
 log = logging.getLogger(__name__)
 
 _PUBLISH_TIMEOUT = 30.0
 
+CRASHES_HEADER = "genq_crashes"
+"""Message header: engine deaths this job was running at (absent: none)."""
+
+
+def crashes(headers: dict[str, Any]) -> int:
+    """Engine deaths a delivered job was running at (a crash suspect if > 0)."""
+    value = headers.get(CRASHES_HEADER)
+    return value if isinstance(value, int) and value > 0 else 0
+
 
 class Courier:
-    def __init__(self, broker: BrokerLink, ledger: Ledger, *, model: str) -> None:
+    def __init__(self, broker: BrokerLink, ledger: Ledger, *, model: str,
+                 max_attempts: int) -> None:
         self._broker = broker
         self._ledger = ledger
         self._model = model
+        self._max_attempts = max_attempts
 
     async def _publish(self, exchange: str, routing_key: str, headers: dict[str, Any],
                        body: bytes, job_id: str) -> None:
@@ -37,21 +60,26 @@ class Courier:
             self._broker.publish(exchange, routing_key, headers, body, job_id=job_id)
         ), _PUBLISH_TIMEOUT)
 
-    async def republish(self, message: TaskMessage, *, attempts: int) -> None:
+    async def republish(self, message: TaskMessage, *, attempts: int, crashes: int = 0) -> None:
         headers, body = encode_task(
             message.spec, job_id=message.job_id, enqueued_at=message.enqueued_at,
             deadline_at=message.deadline_at, attempts=attempts,
         )
+        if crashes:
+            headers[CRASHES_HEADER] = crashes
         await self._publish(names.EXCHANGE,
                             names.level_routing_key(message.spec.model, message.spec.priority),
                             headers, body, message.job_id)
 
-    async def hand_back(self, message: TaskMessage, *, attempts: int) -> None:
-        """Give a job this worker admitted back to its queue (it will run again)."""
-        outcome, lease = await self._ledger.hand_back(message.job_id)
+    async def hand_back(self, message: TaskMessage, *, attempts: int,
+                        crashed: bool = False) -> None:
+        """Give a job this worker admitted back to its queue (it will run again).
+        `crashed`: it was running when the engine died, so it comes back a crash suspect."""
+        outcome, lease, crash_count = await self._ledger.hand_back(message.job_id,
+                                                                   crashed=crashed)
         if outcome != "queued":
             return  # it ended meanwhile (cancelled, say): nothing to give back
-        await self.republish(message, attempts=attempts)
+        await self.republish(message, attempts=attempts, crashes=crash_count)
         await self._ledger.release(message.job_id, lease)
 
     async def reap(self) -> int:
@@ -75,12 +103,35 @@ class Courier:
                 await self._ledger.finish(job_id, JobState.FAILED,
                                           error=f"record unreadable after its worker died: {exc}")
                 continue
-            await self.republish(message, attempts=message.attempts)
+            if raw["state"] == JobState.RUNNING.value and message.attempts >= self._max_attempts:
+                # Its worker died under it every time it ran: maybe it is what kills them.
+                await self.give_up(message, attempts=message.attempts,
+                                   reason=f"its lease expired on attempt {message.attempts} "
+                                          f"of {self._max_attempts} (its worker died or hung "
+                                          f"while running it)")
+                continue
+            await self.republish(message, attempts=message.attempts,
+                                 crashes=int(raw.get("crashes") or 0))
             await self._ledger.release(job_id, lease)
             log.warning("job %s: lease expired; republished (attempt %d)",
                         job_id, message.attempts)
             count += 1
         return count
+
+    async def give_up(self, message: TaskMessage, *, attempts: int, reason: str) -> str:
+        """Fail a job for good and keep a copy in `<model>.dead` with why and how many
+        attempts. The record first: it is what clients wait on. Returns FINISH's outcome
+        (not `ok`: the job had already ended, and nothing is dead-lettered)."""
+        outcome = await self._ledger.finish(message.job_id, JobState.FAILED, error=reason)
+        if outcome not in ("ok", "promoted"):
+            return outcome
+        headers, body = encode_task(message.spec, job_id=message.job_id,
+                                    enqueued_at=message.enqueued_at,
+                                    deadline_at=message.deadline_at, attempts=attempts)
+        await self.dead_letter(headers, body, reason=reason, attempts=attempts,
+                               job_id=message.job_id)
+        log.error("job %s: failed and dead-lettered: %s", message.job_id, reason)
+        return outcome
 
     async def dead_letter(self, headers: dict[str, Any], body: bytes, *, reason: str,
                           attempts: int, job_id: str | None) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,7 @@ class Engine:
         self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
         self.max_model_len: int = llm.vllm_config.model_config.max_model_len
         self.model: str = args.model
+        self.tokenizer: str = args.tokenizer or args.model
 
     @classmethod
     def start(cls, args: AsyncEngineArgs) -> Engine:
@@ -80,32 +83,38 @@ class Engine:
             raise RequestRejectedError(f"prompt could not be rendered: {exc}") from exc
         return rendered
 
-    async def generate(self, request_id: str, spec: JobSpec) -> Generation:
+    async def generate(self, request_id: str, spec: JobSpec,
+                       on_delta: Callable[[str], None] | None = None) -> Generation:
+        """Run one job. With `on_delta` (a streaming job) the text is decoded as it is
+        generated and each new piece handed to it; the pieces add up to the result's text.
+        Without, the engine returns only the final output and the text is decoded once at
+        the end: the cheap path most jobs take."""
         prompt = await self.render(spec)
         final = None
-        try:
-            params = SamplingParams(
-                max_tokens=spec.max_tokens,
-                temperature=spec.temperature,
-                top_p=spec.top_p,
-                stop=list(spec.stop) or None,
-                seed=spec.seed,
-                ignore_eos=spec.ignore_eos,
-                # Incremental detokenizing costs the worker's process CPU at every step of
-                # every job; without stop strings nothing needs the text before the end, so
-                # it is decoded once, below.
-                detokenize=bool(spec.stop),
-                # Only the final output: no per-token objects built and thrown away.
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
+        pieces: list[str] = []
+        token_count = 0
+        with _translated_errors():  # SamplingParams refuses bad values with ValueError too
+            if on_delta is None:
+                params = _sampling(
+                    spec,
+                    # Incremental detokenizing costs the worker's process CPU at every step
+                    # of every job; without stop strings nothing needs the text before the
+                    # end, so it is decoded once, below.
+                    detokenize=bool(spec.stop),
+                    # Only the final output: no per-token objects built and thrown away.
+                    output_kind=RequestOutputKind.FINAL_ONLY,
+                )
+            else:
+                # Each output holds only what is new since the last: the piece to relay.
+                params = _sampling(spec, detokenize=True, output_kind=RequestOutputKind.DELTA)
             async for output in self._llm.generate(prompt, params, request_id):
                 final = output
-        except VllmEngineDeadError as exc:
-            raise EngineDeadError(str(exc)) from exc
-        except (VLLMClientError, ValueError) as exc:  # the request itself is invalid
-            raise RequestRejectedError(str(exc)) from exc
-        except EngineGenerateError as exc:
-            raise EngineError(repr(exc.__cause__ or exc)) from exc
+                if on_delta is not None and output.outputs:
+                    delta = output.outputs[0]
+                    token_count += len(delta.token_ids)
+                    if delta.text:
+                        pieces.append(delta.text)
+                        on_delta(delta.text)
         if self._llm.errored:
             raise EngineDeadError("the engine stopped while the request ran")
         if final is None or not final.outputs:
@@ -113,22 +122,56 @@ class Engine:
         completion = final.outputs[0]
         if completion.finish_reason == "abort":  # vLLM aborted it (shutting down): not a result
             raise EngineError("the engine aborted the request")
-        text = completion.text if spec.stop else self._llm.get_tokenizer().decode(
-            completion.token_ids, skip_special_tokens=True)
+        if on_delta is not None:
+            # The streamed pieces are the text: the stored result must equal what the
+            # client was sent.
+            text, completion_tokens = "".join(pieces), token_count
+        else:
+            text = completion.text if spec.stop else self._llm.get_tokenizer().decode(
+                completion.token_ids, skip_special_tokens=True)
+            completion_tokens = len(completion.token_ids)
         return Generation(
             text=text,
             finish_reason=completion.finish_reason,
             prompt_tokens=len(final.prompt_token_ids or ()),
-            completion_tokens=len(completion.token_ids),
+            completion_tokens=completion_tokens,
         )
 
     @property
     def dead(self) -> bool:
         return bool(self._llm.errored)
 
+    def core_pids(self) -> list[int]:
+        """PIDs of the engine core processes (children of this worker). Published in the
+        worker's heartbeat so an operator, or `genq chaos`, can find the engine itself."""
+        manager = getattr(getattr(self._llm.engine_core, "resources", None),
+                          "engine_manager", None)
+        return [p.pid for p in getattr(manager, "processes", ()) if p.pid is not None]
+
     def shutdown(self) -> None:
         self._llm.shutdown()
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model, "max_num_seqs": self.max_num_seqs,
-                "max_model_len": self.max_model_len}
+        """What the worker advertises in its heartbeat: the gateway finds the tokenizer to
+        count prompt tokens with, and the context they must fit in, here."""
+        return {"model_path": self.model, "tokenizer": self.tokenizer,
+                "max_num_seqs": self.max_num_seqs, "max_model_len": self.max_model_len}
+
+
+def _sampling(spec: JobSpec, **kwargs: Any) -> SamplingParams:
+    return SamplingParams(max_tokens=spec.max_tokens, temperature=spec.temperature,
+                          top_p=spec.top_p, stop=list(spec.stop) or None, seed=spec.seed,
+                          ignore_eos=spec.ignore_eos, **kwargs)
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """vLLM's errors as genq's: can't run (rejected), passing (retry), engine gone (stop)."""
+    try:
+        yield
+    except VllmEngineDeadError as exc:
+        raise EngineDeadError(str(exc)) from exc
+    except (VLLMClientError, ValueError) as exc:  # the request itself is invalid
+        raise RequestRejectedError(str(exc)) from exc
+    except EngineGenerateError as exc:
+        raise EngineError(repr(exc.__cause__ or exc)) from exc

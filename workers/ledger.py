@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from genq import names
 from genq.schema import JobState
 from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, SCRIPT_PREFIXES, celery_meta, date_done
+from genq.tls import redis_from_url
 
 __all__ = ["Ledger"]
 
@@ -26,7 +27,7 @@ _REAP_PAGE = 500
 
 class Ledger:
     def __init__(self, url: str, *, job_ttl: int, lease_seconds: float, worker: str) -> None:
-        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self.redis = redis_from_url(url, client=aioredis.Redis, decode_responses=True)
         self._ttl = job_ttl
         self._lease = lease_seconds
         self._worker = worker
@@ -93,13 +94,19 @@ class Ledger:
             expiry = time.time() + self._lease
             await self.redis.zadd(names.LEASES, {i: expiry for i in job_ids}, xx=True)
 
-    async def hand_back(self, job_id: str) -> tuple[str, str]:
-        """Turn a running job `queued` under a short lease; returns (outcome, lease) where
-        lease is what to pass to `release` once the republish is confirmed."""
+    async def hand_back(self, job_id: str, *, crashed: bool = False) -> tuple[str, str, int]:
+        """Turn a running job `queued` under a short lease; returns (outcome, lease, crashes)
+        where lease is what to pass to `release` once the republish is confirmed, and
+        crashes counts the engine deaths the job was running at (`crashed`: one more)."""
         lease = repr(time.time() + self._lease)
-        outcome = await self._handback(keys=[names.job_key(job_id), names.LEASES],
-                                       args=[job_id, lease])
-        return str(outcome), lease
+        key = names.job_key(job_id)
+        outcome = str(await self._handback(keys=[key, names.LEASES], args=[job_id, lease]))
+        crashes = 0
+        if outcome == "queued":
+            # Apart from HANDBACK, and harmless if lost: it only decides how cautiously the
+            # job runs next (see Courier.CRASHES_HEADER).
+            crashes = int(await self.redis.hincrby(key, "crashes", 1 if crashed else 0))
+        return outcome, lease, crashes
 
     async def release(self, job_id: str, lease: str) -> str:
         return str(await self._release(keys=[names.job_key(job_id), names.LEASES],

@@ -56,7 +56,13 @@ class EngineLimit:
         reply = self._ask({"op": "batch", "prompts": list(workload.prompts),
                            "params": workload.sampling()})
         return {"tokens": reply["tokens"], "seconds": reply["seconds"],
-                "tokens_per_s": reply["tokens"] / reply["seconds"]}
+                "tokens_per_s": reply["tokens"] / reply["seconds"],
+                "frontend_cpu_ms_per_job": reply["cpu_seconds"] / len(workload.prompts) * 1000}
+
+    def rss_mb(self) -> float:
+        """The process hosting vLLM's frontend (LLM), engine core processes aside: what a
+        worker's process weighs before genq adds anything."""
+        return _rss_mb(self.proc.pid)
 
     def latencies(self, prompts: list[str]) -> list[float]:
         reply = self._ask({"op": "latency", "prompts": prompts,

@@ -51,10 +51,14 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
             "fleet_p50_ms": percentile(fleet_lat, 50) * 1000,
             "added_p50_ms": (percentile(fleet_lat, 50) - percentile(engine_lat, 50)) * 1000}
         say(f"light load: {results['light_load']}")
+        engine_host_rss = engine.rss_mb()
     finally:
         engine.stop()
     try:
         results["memory"] = _memory_with_deep_queue(fleet, workload)
+        results["memory"]["engine_host_rss_mb"] = engine_host_rss
+        results["memory"]["worker_rss_outside_engine_mb"] = (
+            results["memory"]["worker_rss_loaded_mb"] - engine_host_rss)
         say(f"memory: {results['memory']}")
     finally:
         fleet.stop()
@@ -102,8 +106,8 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
     fleet = statistics.median(p["fleet"]["tokens_per_s"] for p in pairs)
     naive = results["naive"]["tokens_per_s"]
 
-    def med(key: str) -> float:
-        return statistics.median(p["fleet"][key] for p in pairs)
+    def med(key: str, contender: str = "fleet") -> float:
+        return statistics.median(p[contender][key] for p in pairs)
     return {
         "engine_tokens_per_s": engine,
         "fleet_tokens_per_s": fleet,
@@ -117,6 +121,11 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
         "submit_to_result_p50_s": med("submit_to_result_p50"),
         "submit_to_result_p99_s": med("submit_to_result_p99"),
         "worker_cpu_ms_per_job": med("worker_cpu_ms_per_job"),
+        "engine_frontend_cpu_ms_per_job": med("frontend_cpu_ms_per_job", "engine"),
+        # Per pair, then the median: the two ran back to back on the same machine state.
+        "worker_cpu_outside_engine_ms_per_job": statistics.median(
+            p["fleet"]["worker_cpu_ms_per_job"] - p["engine"]["frontend_cpu_ms_per_job"]
+            for p in pairs),
     }
 
 
@@ -134,7 +143,11 @@ def _table(r: dict[str, Any]) -> str:
         ("submit_many", f"{r['submission']['submit_jobs_per_s']:.0f} jobs/s"),
         ("status reads", f"{r['submission']['status_reads_per_s']:.0f} reads/s"),
         ("worker RSS with 10k queued", f"{r['memory']['worker_rss_loaded_mb']:.0f} MB"),
+        ("  of which vLLM's frontend (LLM process)", f"{r['memory']['engine_host_rss_mb']:.0f} MB"),
+        ("  outside the engine", f"{r['memory']['worker_rss_outside_engine_mb']:.0f} MB"),
         ("worker CPU per job", f"{r['worker_cpu_ms_per_job']:.2f} ms"),
+        ("  of which vLLM's frontend (LLM process)", f"{r['engine_frontend_cpu_ms_per_job']:.2f} ms"),
+        ("  outside the engine", f"{r['worker_cpu_outside_engine_ms_per_job']:.2f} ms"),
         ("prefix cache hit rate", f"{r['prefix_hit_rate']:.2%}"),
     ]
     width = max(len(k) for k, _ in rows)

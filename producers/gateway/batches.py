@@ -256,11 +256,15 @@ def _line_jobs(endpoint: str, line: InputLine) -> list[dict[str, Any]]:
             completion = CompletionRequest.model_validate(line.body)
             if completion.echo:
                 raise ApiError(422, "echo: not supported in batches", param="echo")
+            request: CompletionRequest | ChatRequest = completion
             jobs = completion_jobs(completion)
         else:
-            jobs = chat_jobs(ChatRequest.model_validate(line.body))
+            request = ChatRequest.model_validate(line.body)
+            jobs = chat_jobs(request)
     except PydanticError as exc:
         raise request_error(exc.errors()) from None
+    if request.stream:  # as in OpenAI's Batch API: the output file is the answer
+        raise ApiError(422, "stream: not supported in batches", param="stream")
     if len(jobs) != 1:
         raise ApiError(422, "body: a batch line is one request: one prompt, n = 1",
                        param="n")

@@ -16,6 +16,7 @@ import pika.exceptions
 
 from genq import names
 from genq.errors import BrokerError
+from genq.tls import TlsSettings, pika_parameters
 
 __all__ = ["BrokerProbe"]
 
@@ -24,8 +25,9 @@ _TIMEOUT = 3.0
 
 
 class BrokerProbe:
-    def __init__(self, url: str, *, levels: int, ttl: float) -> None:
-        self._params = pika.URLParameters(url)
+    def __init__(self, url: str, *, levels: int, ttl: float,
+                 tls: TlsSettings | None = None) -> None:
+        self._params = pika_parameters(url, tls)
         self._params.socket_timeout = _TIMEOUT
         self._params.blocked_connection_timeout = _TIMEOUT
         self._params.connection_attempts = 1

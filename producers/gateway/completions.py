@@ -2,6 +2,7 @@
 
     POST /v1/completions        submit, wait for the job(s), answer a text_completion
     POST /v1/chat/completions   the same with messages, answer a chat.completion
+                                (either with stream: true: server-sent events, streaming.py)
     GET  /v1/models             the models this fleet serves (GENQ_MODELS)
 
 The work still flows through the broker, the scheduler and the workers: a completion is a
@@ -14,13 +15,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from producers.gateway.auth import Caller, caller
 from producers.gateway.context import Gateway, gateway_of
 from producers.gateway.errors import ApiError
 from producers.gateway.jobs import Priority
+from producers.gateway.streaming import stream_response
 from producers.gateway.submission import submit, validate
 from producers.gateway.wire import (
     ChatRequest,
@@ -40,9 +42,9 @@ router = APIRouter(tags=["openai"])
 JOB_IDS_HEADER = "X-Genq-Job-Ids"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "stream: true (not supported yet)"},
     404: {"description": "Model not served"},
-    422: {"description": "Invalid field, or the engine refused the prompt"},
+    422: {"description": "Invalid field, a prompt over the token limit, or the engine "
+                         "refused the prompt"},
     429: {"description": "Too many jobs queued"},
 }
 
@@ -50,24 +52,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/completions", responses=_ERRORS)
 async def create_completion(request: Request, body: CompletionRequest,
                             who: Annotated[Caller, Depends(caller)],
-                            priority: Priority = None) -> JSONResponse:
-    """A text completion (OpenAI's shape), answered when its jobs end."""
+                            priority: Priority = None) -> Response:
+    """A text completion (OpenAI's shape), answered when its jobs end; with `stream`,
+    server-sent events while they run."""
     gw = gateway_of(request)
     jobs = completion_jobs(body)
     specs = validate(gw, who, jobs, priority=priority, label="choices")
-    ids, records = await _run(gw, request, who, specs, api="completions")
+    await gw.tokens.check(specs[::body.n], label="prompt")
     echo = [j["prompt"] for j in jobs[::body.n]] if body.echo else None
+    if body.stream:
+        ids = await submit(gw, who, specs, api="completions")
+        return stream_response(gw, who, ids, kind="completion", model=body.model, n=body.n,
+                               include_usage=body.include_usage, echo_prompts=echo,
+                               headers=_ids_header(ids))
+    ids, records = await _run(gw, request, who, specs, api="completions")
     return _answer(ids, completion_body(records, model=body.model, n=body.n, echo_prompts=echo))
 
 
 @router.post("/v1/chat/completions", responses=_ERRORS)
 async def create_chat_completion(request: Request, body: ChatRequest,
                                  who: Annotated[Caller, Depends(caller)],
-                                 priority: Priority = None) -> JSONResponse:
-    """A chat completion (OpenAI's shape); the worker applies the model's chat template."""
+                                 priority: Priority = None) -> Response:
+    """A chat completion (OpenAI's shape); the worker applies the model's chat template.
+    With `stream`, server-sent events while it runs."""
     gw = gateway_of(request)
     specs = validate(gw, who, chat_jobs(body), priority=priority,
                      label="choices")
+    await gw.tokens.check(specs[:1], label="messages")
+    if body.stream:
+        ids = await submit(gw, who, specs, api="chat")
+        return stream_response(gw, who, ids, kind="chat", model=body.model, n=body.n,
+                               include_usage=body.include_usage, echo_prompts=None,
+                               headers=_ids_header(ids))
     ids, records = await _run(gw, request, who, specs, api="chat")
     return _answer(ids, chat_body(records, model=body.model))
 
@@ -108,4 +124,8 @@ async def _run(gw: Gateway, request: Request, who: Caller, specs: list[Any], *, 
 
 
 def _answer(ids: list[str], body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, headers={JOB_IDS_HEADER: ",".join(ids)})
+    return JSONResponse(body, headers=_ids_header(ids))
+
+
+def _ids_header(ids: list[str]) -> dict[str, str]:
+    return {JOB_IDS_HEADER: ",".join(ids)}

@@ -9,11 +9,13 @@ import redis.asyncio as aioredis
 from fastapi import Request
 
 from genq.settings import GatewaySettings
+from genq.tls import redis_from_url
 from producers import Client
 from producers.gateway.audit import AuditLog
 from producers.gateway.broker import BrokerProbe
 from producers.gateway.limits import Backpressure
 from producers.gateway.metrics import Metrics
+from producers.gateway.tokens import PromptTokens
 from producers.gateway.waiter import Waiter
 
 __all__ = ["Gateway", "gateway_of"]
@@ -31,19 +33,22 @@ class Gateway:
     audit: AuditLog
     metrics: Metrics = field(default_factory=Metrics)
     limits: Backpressure = field(init=False)
+    tokens: PromptTokens = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Backpressure(self.settings, self.redis, self.broker, self.metrics)
+        self.tokens = PromptTokens(self.settings, self.redis)
 
     @classmethod
     def build(cls, settings: GatewaySettings, *, client: Client | None = None) -> Gateway:
-        redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        redis = redis_from_url(settings.redis_url, settings, client=aioredis.Redis,
+                               decode_responses=True)
         return cls(
             settings=settings,
             client=client or Client(settings=settings),
             redis=redis,
             broker=BrokerProbe(settings.broker_url, levels=settings.levels,
-                               ttl=settings.queue_depth_ttl),
+                               ttl=settings.queue_depth_ttl, tls=settings),
             waiter=Waiter(redis),
             audit=AuditLog(settings.audit_log),
         )

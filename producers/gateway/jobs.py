@@ -64,6 +64,7 @@ async def create_jobs(request: Request, who: Annotated[Caller, Depends(caller)],
     payload = parse_json(await request.body())
     many = isinstance(payload, list)
     specs = validate(gw, who, payload if many else [payload], priority=priority)
+    await gw.tokens.check(specs)
     ids = await submit(gw, who, specs, api="jobs")
     return {"ids": ids} if many else {"id": ids[0]}
 

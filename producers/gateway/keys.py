@@ -19,6 +19,7 @@ import redis
 
 from genq import names
 from genq.errors import NotFoundError, StoreError, ValidationError
+from genq.tls import redis_from_url
 
 __all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore", "hash_key", "key_id", "check_tenant"]
 
@@ -61,7 +62,7 @@ class KeyStore:
     `producers.gateway.auth`, reading the same keys."""
 
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        self._redis: redis.Redis = redis_from_url(url, decode_responses=True)
 
     def close(self) -> None:
         self._redis.close()

@@ -32,7 +32,8 @@ async def healthz(request: Request) -> JSONResponse:
         await asyncio.wait_for(gw.redis.ping(), _CHECK_TIMEOUT)
         checks["redis"] = "ok"
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        checks["redis"] = f"down: {exc!r}"
+        # str, not repr: redis-py's repr drops the reason (a refused TLS handshake, ...).
+        checks["redis"] = f"down: {type(exc).__name__}: {exc}"
     try:
         await asyncio.wait_for(run_in_threadpool(gw.broker.ping), _CHECK_TIMEOUT * 2)
         checks["rabbitmq"] = "ok"

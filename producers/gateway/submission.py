@@ -22,7 +22,7 @@ from producers.gateway.auth import Caller
 from producers.gateway.context import Gateway
 from producers.gateway.errors import ApiError, unavailable
 
-__all__ = ["PRIORITY_HEADER", "submit", "validate"]
+__all__ = ["PRIORITY_HEADER", "doomed_by_retry", "submit", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,18 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
                  check_limits: bool = True) -> list[str]:
     """Submit validated jobs; their IDs, in order. 429 over a limit, 503 if the broker
     or Redis failed: then nothing was accepted (`Client.submit_many` removes the records of
-    what it could not publish, and a prefix that was published is cancelled here)."""
+    what it could not publish, and what was published anyway is cancelled here unless its
+    idempotency key makes the retry find it)."""
     per_model = Counter(spec.model for spec in specs)
     try:
         if check_limits:
             await gw.limits.admit(caller.tenant, dict(per_model))
         ids = await run_in_threadpool(gw.client.submit_many, specs)
     except PublishError as exc:
-        # A prefix may have been accepted before the broker failed. The caller hears "not
-        # accepted" and will retry, so those must not run too: cancel them.
-        accepted = list(getattr(exc, "accepted", []))
+        # Some may have been accepted before the broker failed. The caller hears "not
+        # accepted" and will retry, so those must not run too: cancel them, except the ones
+        # with an idempotency key, which the retry finds again and so runs once.
+        accepted = doomed_by_retry(specs, exc)
         if accepted:
             await run_in_threadpool(_cancel_all, gw, accepted)
             gw.audit.write("job.cancel", tenant=caller.tenant, key=caller.key_id,
@@ -97,6 +99,13 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
                    client=caller.address, jobs=ids,
                    models=sorted(per_model), priorities=sorted({s.priority for s in specs}))
     return ids
+
+
+def doomed_by_retry(specs: list[JobSpec], exc: PublishError) -> list[str]:
+    """The accepted jobs of a failed request that its retry would submit a second time:
+    those without an idempotency key."""
+    return [job_id for job_id, i in zip(exc.accepted, exc.accepted_positions)
+            if not specs[i].idempotency_key]
 
 
 def _cancel_all(gw: Gateway, job_ids: list[str]) -> None:

@@ -5,7 +5,8 @@ job (`prompt i, choice j` is job `i*n + j`, which is also OpenAI's choice index)
 completion's messages become the job's `messages`: the worker renders them with the model's
 own chat template. Parameters genq can't honour (logprobs, penalties, tools, ...) are
 refused with 422 naming them, rather than silently ignored: a client relying on them must
-know. Fields no generation depends on (`user`, `stream_options`, ...) are ignored."""
+know. Fields no generation depends on (`user`, ...) are ignored. `stream: true` is answered
+as server-sent events (streaming.py)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ __all__ = [
     "completion_jobs",
     "model_body",
     "models_body",
+    "usage_of",
 ]
 
 # OpenAI's newer "developer" role is what older models call "system".
 _ROLES = {"system": "system", "developer": "system", "user": "user",
           "assistant": "assistant", "tool": "tool"}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool | None = False
 
 
 class _GenqFields(BaseModel):
@@ -45,7 +53,10 @@ class _GenqFields(BaseModel):
     n: StrictInt = Field(1, ge=1, le=128, description="Choices per prompt")
     stop: str | list[str] | None = None
     seed: StrictInt | None = None
-    stream: StrictBool | None = Field(False, description="Not supported yet: false only")
+    stream: StrictBool | None = Field(False, description=(
+        "Server-sent events: the text as the worker generates it, in OpenAI's chunks"))
+    stream_options: StreamOptions | None = Field(None, description=(
+        "With stream: include_usage adds a last chunk with the token usage"))
     presence_penalty: float | None = Field(None, description="Not supported: omit, or 0")
     frequency_penalty: float | None = Field(None, description="Not supported: omit, or 0")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: omit")
@@ -60,12 +71,11 @@ class _GenqFields(BaseModel):
     cache: StrictBool = Field(True, description="genq: use the result cache (deterministic "
                                                 "requests only)")
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
     def refuse_unsupported(self) -> None:
-        if self.stream:
-            raise ApiError(400, "stream: stream is not supported yet (genq's workers do not "
-                                "publish tokens as they go); send stream: false and get the "
-                                "whole completion at once", param="stream",
-                           code="stream_not_supported")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 _unsupported(name)
@@ -83,6 +93,8 @@ class _GenqFields(BaseModel):
                 fields[name] = value
         if self.seed is not None:
             fields["seed"] = self.seed + choice
+        if self.stream:  # its worker publishes the text as it goes
+            fields["stream"] = True
         if self.idempotency_key is not None:
             fields["idempotency_key"] = (self.idempotency_key if total == 1
                                          else f"{self.idempotency_key}#{index}")
@@ -204,7 +216,7 @@ def _succeeded(records: list[JobRecord]) -> None:
             raise job_failure(record)
 
 
-def _usage(records: list[JobRecord], n: int) -> dict[str, int]:
+def usage_of(records: list[JobRecord], n: int) -> dict[str, int]:
     # A prompt is read once however many choices it has.
     prompt = sum(r.usage.prompt_tokens for r in records[::n] if r.usage)
     completion = sum(r.usage.completion_tokens for r in records if r.usage)
@@ -226,7 +238,7 @@ def completion_body(records: list[JobRecord], *, model: str, n: int = 1,
                         "finish_reason": record.finish_reason or "stop"})
     return {"id": f"cmpl-{records[0].id}", "object": "text_completion",
             "created": created or int(time.time()), "model": model, "choices": choices,
-            "usage": _usage(records, n), "system_fingerprint": None}
+            "usage": usage_of(records, n), "system_fingerprint": None}
 
 
 def chat_body(records: list[JobRecord], *, model: str, created: int | None = None,
@@ -239,7 +251,7 @@ def chat_body(records: list[JobRecord], *, model: str, created: int | None = Non
                for index, record in enumerate(records)]
     return {"id": f"chatcmpl-{records[0].id}", "object": "chat.completion",
             "created": created or int(time.time()), "model": model, "choices": choices,
-            "usage": _usage(records, len(records)), "system_fingerprint": None}
+            "usage": usage_of(records, len(records)), "system_fingerprint": None}
 
 
 def model_body(model: str, created: int = 0) -> dict[str, Any]:

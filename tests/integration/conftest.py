@@ -19,6 +19,15 @@ from genq.settings import ClientSettings
 from producers import Client
 from producers.queues import purge_model
 from genq.local import FlowerProcess, WorkerProcess, free_port
+from tests.integration.gateway_kit import (  # noqa: F401 - the gateway tests' fixtures
+    audit_path,
+    gateway,
+    http,
+    idle_model,
+    keyed,
+    keys,
+    make_gateway,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

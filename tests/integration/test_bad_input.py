@@ -3,7 +3,6 @@ worker; nothing is lost, nothing pends forever, the worker keeps going."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import uuid

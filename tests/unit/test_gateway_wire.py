@@ -51,7 +51,6 @@ def test_a_single_completion_keeps_its_idempotency_key_and_genq_fields() -> None
 @pytest.mark.parametrize(
     ("fields", "status", "param"),
     [
-        ({"stream": True}, 400, "stream"),
         ({"logprobs": 3}, 422, "logprobs"),
         ({"presence_penalty": 0.5}, 422, "presence_penalty"),
         ({"logit_bias": {"1": 2.0}}, 422, "logit_bias"),
@@ -71,10 +70,15 @@ def test_what_genq_cannot_honour_is_refused_by_name(fields: dict[str, Any], stat
     assert caught.value.message.startswith(f"{param}:")
 
 
-def test_stream_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(ApiError, match="stream is not supported yet"):
-        chat_jobs(ChatRequest.model_validate({"model": "tiny", "stream": True,
-                                              "messages": [{"role": "user", "content": "hi"}]}))
+def test_a_streamed_request_asks_its_workers_to_publish_the_text() -> None:
+    req = ChatRequest.model_validate({"model": "tiny", "stream": True, "n": 2,
+                                      "stream_options": {"include_usage": True},
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    assert [job["stream"] for job in chat_jobs(req)] == [True, True]
+    assert req.include_usage
+    plain = CompletionRequest.model_validate({"model": "tiny", "prompt": "p",
+                                              "stream_options": {"include_usage": True}})
+    assert "stream" not in completion_jobs(plain)[0] and not plain.include_usage
 
 
 def test_chat_jobs_carry_the_messages_for_the_workers_chat_template() -> None:

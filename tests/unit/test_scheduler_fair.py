@@ -144,10 +144,13 @@ def test_with_output_charged_at_the_end_the_bound_grows_by_what_is_in_flight(
     for pop in pops:
         if {"A", "B"} <= pop.held:
             assert abs(pop.counters["A"] - pop.counters["B"]) <= bound
-    # Over a stretch, one more prompt charge (U_p) than 2x the counter gap: the admission at
-    # the stretch's edge (hypothesis found 801 against 2 * 400).
+    # Over a stretch, the counter gap at each edge (2x the bound) plus what the edges let in
+    # besides: the last pop's prompt charge (U_p), and the outputs charged between the pop
+    # before the stretch and its first (≤ C·U_o), which the service counts and the first
+    # gap does not (hypothesis found 801, then 901, against 2 * 400).
     for run in _stretches(pops, "A", "B"):
-        assert abs(_served_in(run, pops, "A") - _served_in(run, pops, "B")) <= 2 * bound + 100
+        assert abs(_served_in(run, pops, "A") - _served_in(run, pops, "B")) \
+            <= 2 * bound + 100 + slots * 300
 
 
 @SIMULATION

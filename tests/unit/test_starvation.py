@@ -61,6 +61,16 @@ def test_a_lower_job_first_counts_only_if_the_higher_one_was_waiting() -> None:
     assert audit(long_waiter, alpha=ALPHA, beta=BETA) == 0
 
 
+def test_a_job_still_in_transit_is_not_counted_as_waiting() -> None:
+    # i (level 9) was published 10 ms before j (level 0) started: on its way, not seen.
+    pair = [("i", 9, 100.00, 100.05), ("j", 0, 99.0, 100.01)]
+    assert audit(pair, alpha=ALPHA, beta=BETA) == 1
+    assert audit(pair, alpha=ALPHA, beta=BETA, in_transit=0.1) == 0
+    assert audit(pair, alpha=ALPHA, beta=BETA, in_transit=0.005) == 1
+    with pytest.raises(ValueError, match="in_transit"):
+        audit(pair, alpha=ALPHA, beta=BETA, in_transit=-1)
+
+
 def test_jobs_started_at_the_same_instant_do_not_overtake_each_other() -> None:
     starts = [("i", 0, 0.0, 50.0), ("j", 0, 10.0, 50.0), ("k", 0, 20.0, 50.0)]
     assert audit(starts, alpha=ALPHA, beta=BETA) == 0
@@ -90,9 +100,10 @@ records = st.lists(
 
 @SIMULATION
 @given(records, st.sampled_from([(1.0, 1 / 30), (2.0, 0.5), (1.0, 1.0)]),
-       st.sampled_from([0.0, 7.0, 60.0]))
+       st.sampled_from([0.0, 7.0, 60.0]), st.sampled_from([0.0, 1.0, 25.0]))
 def test_the_sweep_counts_what_checking_every_pair_counts(
-    raw: list[tuple[int, int, int | None]], weights: tuple[float, float], slack: float
+    raw: list[tuple[int, int, int | None]], weights: tuple[float, float], slack: float,
+    in_transit: float,
 ) -> None:
     alpha, beta = weights
     # started = enqueued + delay, so no job starts before it arrives.
@@ -102,10 +113,11 @@ def test_the_sweep_counts_what_checking_every_pair_counts(
         1
         for _, p_i, t_i, s_i in starts
         for _, p_j, t_j, s_j in starts
-        if s_j is not None and (s_i is None or s_j < s_i) and t_i <= s_j
+        if s_j is not None and (s_i is None or s_j < s_i) and t_i + in_transit <= s_j
         and t_j - t_i > alpha / beta * (p_j - p_i) + slack
     )
-    assert audit(starts, alpha=alpha, beta=beta, slack=slack) == expected
+    assert audit(starts, alpha=alpha, beta=beta, slack=slack, in_transit=in_transit) \
+        == expected
 
 
 # -- simulated servers ---------------------------------------------------------------------

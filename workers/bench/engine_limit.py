@@ -17,19 +17,30 @@ from vllm import LLM, SamplingParams
 
 
 def _params(data: dict[str, Any]) -> SamplingParams:
-    return SamplingParams(**data)
+    # As a genq worker runs a job without stop strings: no incremental detokenizing, the
+    # text decoded once at the end (below). The engine's best, and the same work.
+    return SamplingParams(**data, detokenize=False)
 
 
 def serve(llm: LLM, out: TextIO) -> None:
+    tokenizer = llm.get_tokenizer()
     for line in sys.stdin:
         command = json.loads(line)
         params = _params(command["params"])
         if command["op"] == "batch":
             start = time.perf_counter()
+            cpu = time.process_time()
             outputs = llm.generate(command["prompts"], params, use_tqdm=False)
+            texts = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True)
+                     for o in outputs]
             seconds = time.perf_counter() - start
+            # This process's CPU (all its threads, not the engine core's processes): what
+            # vLLM's frontend costs per request, the part of a genq worker's CPU that is
+            # the engine's, not genq's.
+            cpu = time.process_time() - cpu
             tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-            reply: dict[str, Any] = {"tokens": tokens, "seconds": seconds}
+            reply: dict[str, Any] = {"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu,
+                                     "chars": sum(map(len, texts))}
         elif command["op"] == "latency":
             latencies = []
             for prompt in command["prompts"]:
