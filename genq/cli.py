@@ -213,20 +213,28 @@ def config() -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_guard
 def worker(
     ctx: typer.Context,
     loglevel: str = typer.Option("INFO", "--loglevel"),
     hostname: Optional[str] = typer.Option(None, "--hostname", "-n"),
     cpus: Optional[str] = typer.Option(
-        None, "--cpus", help="CPU-only hosts: cores for the engine's threads, e.g. 0-3 or 1. "
+        None, "--cpus", help="CPU-only hosts: cores for the worker and its engine, e.g. 0-3 or 1. "
         "Workers sharing a host need disjoint sets, or their engines take turns on one core."),
 ) -> None:
     """Run a worker: `genq worker --model PATH [vLLM engine options, by their vLLM names]`."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     if cpus:
+        from genq.cpus import pin_process
+
         # vLLM's CPU backend binds its OpenMP threads to these; its default ("auto") picks
         # the same cores for every engine on the host.
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+        # The whole worker too (its engine processes inherit it): with only the OpenMP
+        # threads bound, the engine's other processes and the worker's own land where the
+        # kernel puts them, and an engine whose core they crowd crawled (two workers on two
+        # cores: one ran 79 jobs, the other 1).
+        pin_process(cpus)
     from workers.app import run_worker
     from workers.engine import parse_engine_args
 

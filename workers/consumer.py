@@ -32,6 +32,7 @@ from genq.schema import JobState
 from genq.settings import WorkerSettings
 from scheduler import Candidate, create_admission_queue, static_key
 from scheduler.refill import RefillWatch
+from scheduler.turns import expected_tokens
 from workers.broker import BrokerLink, Delivery
 from workers.courier import Courier, crashes
 from workers.engine import Engine, Generation
@@ -62,15 +63,6 @@ _CANCEL_WAIT_SECONDS = 45.0
 
 EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
-
-
-def _expected_tokens(message: TaskMessage) -> float:
-    """What a job will cost its tenant, known before it runs (the fair policy charges at
-    admission so one batch can't all go to one tenant): ~4 characters a token, plus its
-    max_tokens. Trued up with the real counts when it ends."""
-    spec = message.spec
-    chars = len(spec.prompt or "") + sum(len(m.content) for m in spec.messages or ())
-    return chars / 4 + (spec.max_tokens or 0)
 
 
 @dataclass(slots=True)
@@ -112,7 +104,8 @@ class GpuConsumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self._handing_back = False
+        self._stopping = False
+        """Shutting down: nothing more is admitted; what is held goes back to the broker."""
         self._thread = threading.Thread(target=self._thread_main, name="genq-gpu", daemon=True)
         self.fatal: BaseException | None = None
         self.stats = {"admitted": 0, "succeeded": 0, "failed": 0, "handed_back": 0,
@@ -189,11 +182,13 @@ class GpuConsumer:
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self.broker.pause()
+        self._stopping = True
         grace = _DEAD_ENGINE_GRACE if self.fatal is not None else self.settings.grace_period
         deadline = time.monotonic() + grace
-        while self._running and time.monotonic() < deadline:
+        # An admission already sent to Redis counts as running: cancelled mid-way, it would
+        # leave its jobs marked running with nobody running them (seen in CI).
+        while (self._running or self._admitting) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        self._handing_back = True
         tasks = [r.task for r in self._running.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -227,7 +222,8 @@ class GpuConsumer:
             self.broker.ack(delivery.epoch, delivery.tag)
             return
         candidate = Candidate(job_id=job_id, priority=message.spec.priority,
-                              cost=_expected_tokens(message),
+                              cost=expected_tokens(message.spec.prompt_chars(),
+                                                   message.spec.max_tokens),
                               enqueued_at=message.enqueued_at,
                               tenant=message.spec.tenant or "default",
                               payload=(delivery, message))
@@ -264,7 +260,7 @@ class GpuConsumer:
             # Nothing enters an engine that died: it would only fail there, one attempt more.
             if self._holding_off and self._room() > 0:
                 self._resume_taking()
-            while len(self._queue) and not self._handing_back and self.fatal is None:
+            while len(self._queue) and not self._stopping and self.fatal is None:
                 room = self._room()
                 if room <= 0:
                     break
