@@ -27,6 +27,8 @@ __all__ = [
     "level_routing_key",
     "idle_queue",
     "PROGRESS_PREFIX",
+    "DEMAND_PREFIX",
+    "demand_key",
     "progress_key",
     "LEASES",
     "WORKER_STATS_PREFIX",
@@ -127,6 +129,15 @@ reads from the beginning. Entries are `a` (the attempt), then either `o` (the ch
 offset of the piece in the whole text) and `t` (the piece), or `end` (`ok`: the text is
 complete and the result is about to be stored; `error`: this attempt gave no result). The
 writer caps its length and sets a TTL on every write, so an abandoned stream goes away."""
+
+
+DEMAND_PREFIX = PREFIX + "demand:"
+"""Hash per model: tenant -> its decaying demand in tokens and when it was last updated
+(`<tokens> <unix time>`), for tenant turns under the fair policy (genq/demand.py)."""
+
+
+def demand_key(model: str) -> str:
+    return f"{DEMAND_PREFIX}{model}"
 
 
 def progress_key(job_id: str) -> str:

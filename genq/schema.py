@@ -117,15 +117,19 @@ class JobSpec(BaseModel):
                 f"max_tokens: {self.max_tokens} is outside 1..{settings.max_tokens_limit}",
                 field="max_tokens",
             )
-        size = len(self.prompt) if self.prompt is not None else sum(
-            len(m.content) for m in self.messages or ()
-        )
+        size = self.prompt_chars()
         if size > settings.max_prompt_chars:
             field = "prompt" if self.prompt is not None else "messages"
             raise ValidationError(
                 f"{field}: {size} characters is over the limit of {settings.max_prompt_chars}",
                 field=field,
             )
+
+    def prompt_chars(self) -> int:
+        """The prompt's length, or the chat messages' contents' summed, in characters."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.content) for m in self.messages or ())
 
     def deadline_at(self, now: float) -> float | None:
         """The deadline as a Unix time: small numbers are seconds from `now`."""

@@ -30,6 +30,10 @@ class FleetSettings(BaseSettings):
     """Score weight of one priority level."""
     beta: float = Field(1 / 30, gt=0)
     """Score weight of one second of waiting: a job climbs alpha/beta... one level per 30 s."""
+    policy: str = Field("score", pattern="^(score|fcfs|fair)$")
+    """Admission policy: `score` (α·priority + β·wait), `fcfs`, or `fair` (per-tenant
+    virtual token counters within a band of `fair_levels` levels of the best score, and
+    tenant turns in the queues: scheduler/turns.py). Producers and workers must agree."""
     max_tokens_limit: int = Field(4096, ge=1)
     """Largest max_tokens a request may ask for."""
     max_prompt_chars: int = Field(1_000_000, ge=1)
@@ -78,6 +82,12 @@ class ClientSettings(FleetSettings):
     """Seconds a stored result is served; 0 stores none (single flight still applies)."""
     cache_max_bytes: int = Field(1_000_000, ge=0, le=64_000_000)
     """Results larger than this (their JSON, in bytes) are not stored."""
+    fair_quantum: float = Field(2048.0, gt=0)
+    """Under `fair`: tokens of recent demand a tenant may have before its jobs queue one turn
+    lower (one more per doubling; scheduler/turns.py)."""
+    fair_horizon: float = Field(60.0, gt=0)
+    """Under `fair`: seconds over which a tenant's demand decays (time constant): a tenant
+    idle for a few horizons queues at the top turn again."""
 
 
 class WorkerSettings(FleetSettings):
@@ -92,9 +102,6 @@ class WorkerSettings(FleetSettings):
     """Attempts before a job that keeps failing in the engine is failed and dead-lettered."""
     grace_period: float = Field(30.0, ge=0)
     """Seconds a stopping worker lets running jobs finish before handing them back."""
-    policy: str = Field("score", pattern="^(score|fcfs|fair)$")
-    """Admission policy: `score` (α·priority + β·wait), `fcfs`, or `fair` (per-tenant
-    virtual token counters within a band of `fair_levels` levels of the best score)."""
     fair_levels: float = Field(2.0, ge=0, le=64)
     """Under `fair`: how many levels below the best held score a less-served tenant may be
     picked; it widens the starvation bound by fair_levels·α/β seconds."""

@@ -5,6 +5,7 @@ message with confirms and returns the task ID at once. Results are read from Red
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -13,13 +14,16 @@ from typing import Any
 
 from genq import names
 from genq.cache import CacheStats, cache_key
+from genq.demand import DemandCounter
 from genq.errors import GenqError, PublishError, StoreError, TimeoutError
 from genq.protocol import encode_task
 from genq.schema import JobRecord, JobSpec, parse_spec
 from genq.settings import ClientSettings
 from genq.store import JobStore, new_record_fields
+from genq.topology import TOP_TURN
 from producers.publisher import OutgoingJob, Publisher
 from producers.queues import queue_depths
+from scheduler.turns import expected_tokens, turn
 
 __all__ = ["Client"]
 
@@ -42,6 +46,7 @@ class Client:
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.store = JobStore(self.settings.redis_url, job_ttl=self.settings.job_ttl)
+        self._demand = DemandCounter(self.store.redis, horizon=self.settings.fair_horizon)
         self._publisher = Publisher(
             self.settings.broker_url,
             levels=self.settings.levels,
@@ -111,6 +116,8 @@ class Client:
                     spec, job_id=job_id, enqueued_at=now, deadline_at=deadline_at
                 )
                 outgoing.append(OutgoingJob(job_id, spec.model, spec.priority, headers, body))
+        if self.settings.policy == "fair":
+            outgoing = self._take_turns(outgoing, [pending[j.job_id][0] for j in outgoing], now)
         try:
             if outgoing:
                 self._publisher.publish(outgoing)
@@ -147,6 +154,22 @@ class Client:
             spec = spec.model_copy(update={"max_tokens": self.settings.default_max_tokens})
         spec.check(self.settings)
         return spec
+
+    def _take_turns(self, outgoing: list[OutgoingJob], specs: list[JobSpec], now: float
+                    ) -> list[OutgoingJob]:
+        """Each job's turn in its level queue from its tenant's demand (scheduler/turns.py),
+        charging the batch to the tenants' counters, model by model."""
+        turns = [TOP_TURN] * len(outgoing)
+        by_model: dict[str, list[int]] = {}
+        for n, job in enumerate(outgoing):
+            by_model.setdefault(job.model, []).append(n)
+        for model, positions in by_model.items():
+            charges = [(specs[n].tenant or self.settings.default_tenant,
+                        expected_tokens(specs[n].prompt_chars(), specs[n].max_tokens))
+                       for n in positions]
+            for n, before in zip(positions, self._demand.charge(model, charges, now)):
+                turns[n] = turn(before, self.settings.fair_quantum, TOP_TURN)
+        return [dataclasses.replace(job, turn=t) for job, t in zip(outgoing, turns)]
 
     def _claim_idempotency(
         self, specs: list[JobSpec], ids: list[str]

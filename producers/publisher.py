@@ -33,7 +33,7 @@ from genq import names
 from genq.errors import PublishError
 from genq.protocol import CONTENT_TYPE
 from genq.tls import pika_parameters
-from genq.topology import declare_model
+from genq.topology import TOP_TURN, declare_model
 
 __all__ = ["OutgoingJob", "Publisher"]
 
@@ -51,6 +51,10 @@ class OutgoingJob:
     level: int
     headers: dict[str, Any]
     body: bytes
+    turn: int = TOP_TURN
+    """Its place among its level queue's jobs (RabbitMQ message priority): under the fair
+    policy set from its tenant's demand; else, and for a republished job, the top turn, so
+    every job of a level queues FIFO (scheduler/turns.py)."""
 
 
 class _Batch:
@@ -176,7 +180,8 @@ class _Link:
                     properties=pika.BasicProperties(
                         content_type=CONTENT_TYPE, content_encoding="utf-8",
                         delivery_mode=pika.DeliveryMode.Persistent,
-                        correlation_id=job.job_id, headers=job.headers),
+                        correlation_id=job.job_id, headers=job.headers,
+                        priority=job.turn),
                     mandatory=True,
                 )
         except Exception as exc:  # the channel or socket went while publishing

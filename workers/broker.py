@@ -26,7 +26,7 @@ import pika.exceptions
 from genq import names
 from genq.protocol import CONTENT_TYPE
 from genq.tls import pika_parameters
-from genq.topology import declare_model
+from genq.topology import TOP_TURN, declare_model
 
 __all__ = ["BrokerLink", "Delivery"]
 
@@ -174,6 +174,9 @@ class BrokerLink:
                         content_type=CONTENT_TYPE, content_encoding="utf-8",
                         delivery_mode=pika.DeliveryMode.Persistent,
                         correlation_id=job_id, headers=headers,
+                        # Handed back or republished: older than nearly all that queued
+                        # behind it, so back at the top turn (scheduler/turns.py).
+                        priority=TOP_TURN,
                     ),
                 )
                 future.set_result(None)
