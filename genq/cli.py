@@ -204,6 +204,12 @@ def config() -> None:
     typer.echo(f"levels           {s.levels} (0..{s.levels - 1}, higher is more urgent)")
     typer.echo(f"window           {s.window} held jobs per level per worker")
     typer.echo(f"policy           {s.policy}")
+    if s.policy == "fair":
+        c = ClientSettings()
+        typer.echo(f"fair band        {s.fair_levels:g} levels (the bound widens by "
+                   f"{s.fair_levels * s.alpha / s.beta:g} s)")
+        typer.echo(f"tenant turns     top turn under {c.fair_quantum:g} tokens of demand, one "
+                   f"lower per doubling; demand decays over {c.fair_horizon:g} s")
     typer.echo(f"starvation bound {s.starvation_bound(1):g} s per level apart "
                f"((alpha/beta)*dp); bottom vs top: {s.starvation_bound(s.levels - 1):g} s")
     typer.echo(f"models           {', '.join(s.models) or '(none declared: set GENQ_MODELS)'}")

@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 from celery import Celery, bootsteps
+from kombu import Queue
 
 from genq import names
 from genq.settings import WorkerSettings
@@ -87,6 +88,10 @@ def run_worker(settings: WorkerSettings, *, engine_args: Any, served_model: str,
     worker_app.conf.genq_engine_args = engine_args
     worker_app.conf.genq_served_model = served_model
     name = hostname or f"genq-{os.getpid()}@{socket.gethostname()}"
+    # Gone with the worker: a durable queue per worker name (they include the PID) was
+    # left behind by every worker that ever ran.
+    worker_app.conf.task_queues = [Queue(names.idle_queue(name), durable=False,
+                                         auto_delete=True)]
     worker_app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", "--task-events",
         f"--hostname={name}", f"--queues={names.idle_queue(name)}",

@@ -6,6 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pika
+import pika.exceptions
+
+from genq import names
 from genq.local import wait_for
 from genq.schema import JobState
 from producers import Client
@@ -15,6 +19,17 @@ from producers.queues import purge_model
 # Short leases so a dead worker's jobs come back within seconds, not half a minute.
 FAST_LEASES = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20"}
 JOBS = 300
+
+
+def queue_exists(broker_url: str, queue: str) -> bool:
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
+        return False
+    finally:
+        conn.close()
 
 
 def submit_batch(client: Client, model: str) -> list[str]:
@@ -66,6 +81,8 @@ def test_sigterm_finishes_or_hands_back_everything(make_worker: Any) -> None:
         after_stop = client.status_many(ids)
         assert not any(r.state is JobState.RUNNING for r in after_stop), \
             "a job was left running by a gracefully stopped worker"
+        assert not queue_exists(client.settings.broker_url, names.idle_queue(worker.hostname)), \
+            "the stopped worker left its Celery queue behind"
         again = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="term2")
         records = client.wait_many(ids, timeout=600)
         again.stop()
