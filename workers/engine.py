@@ -26,7 +26,7 @@ from vllm.v1.engine.exceptions import EngineGenerateError
 
 from genq.errors import EngineDeadError, EngineError, RequestRejectedError
 from genq.schema import JobSpec
-from workers.engine_stats import EngineCounters, counting_logger
+from workers.engine_stats import EngineCounters, count_steps
 
 __all__ = ["Engine", "Generation", "parse_engine_args"]
 
@@ -62,8 +62,12 @@ class Engine:
     def start(cls, args: AsyncEngineArgs) -> Engine:
         # On CPU vLLM sizes its KV cache from this (GiB); without it start-up fails.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        # Without vLLM's per-step statistics (and no stat logger, which would turn them back
+        # on): the worker counts what it reports itself, for less (workers/engine_stats.py).
+        args.disable_log_stats = True
+        llm = AsyncLLM.from_engine_args(args)
         counters = EngineCounters()
-        llm = AsyncLLM.from_engine_args(args, stat_loggers=[counting_logger(counters)])
+        count_steps(llm, counters)
         return cls(llm, args, counters)
 
     async def render(self, spec: JobSpec) -> Any:
@@ -130,10 +134,12 @@ class Engine:
             text = completion.text if spec.stop else self._llm.get_tokenizer().decode(
                 completion.token_ids, skip_special_tokens=True)
             completion_tokens = len(completion.token_ids)
+        prompt_tokens = len(final.prompt_token_ids or ())
+        self.counters.finished(prompt_tokens, final.num_cached_tokens)
         return Generation(
             text=text,
             finish_reason=completion.finish_reason,
-            prompt_tokens=len(final.prompt_token_ids or ()),
+            prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
 

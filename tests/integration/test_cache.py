@@ -35,6 +35,11 @@ def _redis() -> redis.Redis:
 
 def _admitted(worker: WorkerProcess) -> int:
     """Jobs the worker has admitted into its engine, from a heartbeat taken after now."""
+    return int(_stats(worker)["admitted"])
+
+
+def _stats(worker: WorkerProcess) -> dict[str, str]:
+    """The worker's stats hash, from a heartbeat taken after now."""
     since = time.time()
     r = _redis()
 
@@ -44,7 +49,7 @@ def _admitted(worker: WorkerProcess) -> int:
 
     stats = wait_for(fresh, timeout=30, what="a worker heartbeat")
     r.close()
-    return int(stats["admitted"])
+    return stats
 
 
 def _celery(client: Client) -> Celery:
@@ -317,3 +322,23 @@ def test_a_lost_publish_leaves_no_flight_behind(services_up: None) -> None:
     r = _redis()
     assert r.get(names.flight_key(digest)) is None  # the next one is not a ghost's follower
     r.close()
+
+
+def test_the_prefix_cache_hits_on_a_repeated_prompt_and_the_worker_reports_it(
+    client: Client, worker: WorkerProcess, model_name: str
+) -> None:
+    # Long enough to fill whole KV blocks (only full blocks are cached), and not cacheable
+    # as a result (sampled, no seed) so both requests reach the engine.
+    prompt = _unique("prefix") + " " + " ".join(f"word{i}" for i in range(120))
+    before = _stats(worker)
+    first = client.result(client.submit(prompt, model=model_name, max_tokens=2,
+                                        temperature=1.0), timeout=60)
+    second = client.result(client.submit(prompt, model=model_name, max_tokens=2,
+                                         temperature=1.0), timeout=60)
+    after = _stats(worker)
+    assert first.usage is not None and second.usage is not None
+    queried = int(after["prefix_queries"]) - int(before["prefix_queries"])
+    hits = int(after["prefix_hits"]) - int(before["prefix_hits"])
+    # (At least: the shared worker may finish another test's straggler meanwhile.)
+    assert queried >= first.usage.prompt_tokens + second.usage.prompt_tokens
+    assert hits > 0, "the repeated prompt found nothing in the prefix cache"
