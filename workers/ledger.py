@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from genq import names
 from genq.schema import JobState
@@ -44,10 +45,20 @@ class Ledger:
         ADMIT decided (`running` means: this worker runs it)."""
         now = time.time()
         expiry = repr(now + self._lease)
+        try:
+            return await self._admit_all(job_ids, now, expiry)
+        except NoScriptError:  # Redis restarted and lost its scripts
+            await self.redis.script_load(ADMIT)
+            return await self._admit_all(job_ids, now, expiry)
+
+    async def _admit_all(self, job_ids: Sequence[str], now: float, expiry: str) -> list[str]:
+        # EVALSHA straight into the pipeline: a pipeline given registered scripts asks
+        # Redis whether they exist (SCRIPT EXISTS) before every execute, a second round
+        # trip per admission.
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            await self._admit(keys=[names.job_key(job_id), names.LEASES],
-                              args=[job_id, repr(now), self._worker, expiry], client=pipe)
+            pipe.evalsha(self._admit.sha, 2, names.job_key(job_id), names.LEASES,
+                         job_id, repr(now), self._worker, expiry)
         return [str(r) for r in await pipe.execute()]
 
     async def finish(
