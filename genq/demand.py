@@ -15,9 +15,9 @@ from genq import names
 
 __all__ = ["DemandCounter"]
 
-# KEYS[1]: the model's demand hash. ARGV: now, horizon, then tenant and cost pairs.
-# The decay is the one in scheduler/turns.py (`decayed`), done here so that two producers
-# charging the same tenant at once cannot lose each other's charge.
+# KEYS[1]: the model's demand hash. ARGV: now, horizon, then tenant and cost pairs. A
+# tenant's demand decays as exp(-elapsed / horizon) (clocks a little apart: never grows);
+# done in Redis so that two producers charging one tenant at once cannot lose a charge.
 CHARGE = """
 local now, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local demand = {}

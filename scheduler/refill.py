@@ -11,8 +11,9 @@ seconds means that queue is empty, and admission goes on.
 
 "Better" needs no look at the queue: a level's queue is FIFO, so what it delivers next was
 enqueued after what it delivered last, and its key (α·p − β·t) is at most the last one's.
-(A republished job keeps its old enqueue time and may be better still; the wait bounds that
-case too.)"""
+(A republished job keeps its old enqueue time and may be better still, and under the fair
+policy's tenant turns a queue is FIFO only within a turn (scheduler/turns.py); the wait
+bounds those cases too.)"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ sits in front of every other tenant's level-5 job, fleet-wide, until it drains.
 
 So under the `fair` policy each job is published with an in-queue priority, its *turn*,
 from its tenant's recent demand: the expected tokens (`expected_tokens`) the tenant
-submitted for the model, decaying with time constant `horizon` (idle tenants are forgiven;
+submitted for the model, decaying as exp(−elapsed/horizon) (idle tenants are forgiven;
 a flood that goes on stays heavy). The demand before the job, in quanta of `quantum`
 tokens, sets the turn: the top turn under one quantum, one turn lower per doubling
 (log-scaled: eight turns cover 127 quanta and beyond). RabbitMQ delivers a level queue's
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["decayed", "expected_tokens", "turn"]
+__all__ = ["expected_tokens", "turn"]
 
 
 def expected_tokens(prompt_chars: int, max_tokens: int | None) -> float:
@@ -33,11 +33,6 @@ def expected_tokens(prompt_chars: int, max_tokens: int | None) -> float:
     its max_tokens. The worker's fair policy charges the same at admission (so one batch
     can't all go to one tenant) and trues it up with the real counts when the job ends."""
     return prompt_chars / 4 + (max_tokens or 0)
-
-
-def decayed(demand: float, elapsed: float, horizon: float) -> float:
-    """Demand recorded `elapsed` seconds ago, as it counts now."""
-    return demand * math.exp(-max(0.0, elapsed) / horizon)
 
 
 def turn(demand_before: float, quantum: float, top: int) -> int:

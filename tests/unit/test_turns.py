@@ -1,11 +1,9 @@
 """Tenant turns (scheduler/turns.py): pure arithmetic."""
 
-import math
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.turns import decayed, expected_tokens, turn
+from scheduler.turns import expected_tokens, turn
 
 TOP = 7
 
@@ -27,12 +25,6 @@ def test_one_turn_lower_per_doubling_down_to_zero() -> None:
 def test_more_demand_never_gets_a_better_turn(a: float, b: float, quantum: float) -> None:
     low, high = sorted((a, b))
     assert 0 <= turn(high, quantum, TOP) <= turn(low, quantum, TOP) <= TOP
-
-
-def test_demand_decays_with_its_horizon() -> None:
-    assert decayed(1000, 0, 60) == 1000
-    assert math.isclose(decayed(1000, 60, 60), 1000 / math.e)
-    assert decayed(1000, -5, 60) == 1000  # clocks a little apart: no growth
 
 
 def test_expected_tokens_counts_about_four_characters_a_token() -> None:
