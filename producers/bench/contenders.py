@@ -101,7 +101,9 @@ class Fleet:
             model_path=workload.model_path, model_name=self.model, env=self.env,
             log_dir=log_dir, max_num_seqs=workload.max_num_seqs,
             max_model_len=workload.max_model_len, name="bench").start()
-        self.client = Client(models=[self.model])
+        # Patient: the bench loads the machine far past what a producer's default expects
+        # of a broker sharing two cores with a busy engine.
+        self.client = Client(models=[self.model], publish_timeout=60)
         self.redis = redis.Redis.from_url(self.client.settings.redis_url, decode_responses=True)
         self.pid = int(self.stats()["pid"])
         self.run(workload, limit=8)  # warm-up

@@ -21,6 +21,7 @@ __all__ = ["run_bench"]
 
 _LIGHT_LOAD_JOBS = 30
 _MEMORY_QUEUE_DEPTH = 10_000
+_MEMORY_BATCH = 1_000
 _MEMORY_SETTLE_SECONDS = 5.0
 
 
@@ -86,10 +87,14 @@ def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float
     """Worker RSS (its own process, not the engine's) with many jobs queued behind it."""
     idle_rss = fleet.worker_rss_mb()
     prompts = [workload.prompts[i % len(workload.prompts)] for i in range(_MEMORY_QUEUE_DEPTH)]
-    ids = fleet.client.submit_many([
-        {"model": fleet.model, "prompt": p, "max_tokens": workload.max_tokens,
-         "ignore_eos": True, "priority": i % 10, "cache": False}
-        for i, p in enumerate(prompts)])
+    requests = [{"model": fleet.model, "prompt": p, "max_tokens": workload.max_tokens,
+                 "ignore_eos": True, "priority": i % 10, "cache": False}
+                for i, p in enumerate(prompts)]
+    # In batches, as a producer feeding a deep queue does: with the engine taking both cores
+    # RabbitMQ once confirmed nothing of one 10,000-job batch for 10 s.
+    ids: list[str] = []
+    for start in range(0, len(requests), _MEMORY_BATCH):
+        ids += fleet.client.submit_many(requests[start:start + _MEMORY_BATCH])
     time.sleep(_MEMORY_SETTLE_SECONDS)  # the worker fills its batch and its window
     loaded_rss = fleet.worker_rss_mb()
     held = int(fleet.stats().get("held", 0))
