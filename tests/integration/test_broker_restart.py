@@ -95,7 +95,9 @@ def test_a_dropped_producer_connection_is_ridden_out(
     """Cut once mid-batch: the publisher republishes what was not confirmed on a new
     connection, and `submit_many` returns every ID, each of which runs once."""
     link.arm(after_bytes=CUT_AFTER_BYTES)
-    with Client(models=[model], broker_url=link.url) as client:
+    # Patient: what is tested is the retry on a new connection, not how soon a broker
+    # loaded by the rest of the suite confirms (in one CI run the retried 100 took > 10 s).
+    with Client(models=[model], broker_url=link.url, publish_timeout=60) as client:
         ids = client.submit_many(requests(model, CUT_JOBS, tag="ridden"))
         # The relay held the batch back until the cut, so the cut was inside it, and the
         # rest went through a connection opened after it.
