@@ -244,6 +244,7 @@ class BrokerLink:
                             f"the broker cancelled consumer {self._cancelled_by_broker} "
                             "(its queue deleted?)")
                     self._drain_outbox()
+                    self._settle_all()  # in case a scheduled call died with a connection
                     self._sync_consumers()
             except (pika.exceptions.AMQPError, OSError, _ConsumerCancelled) as exc:
                 log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)

@@ -27,7 +27,9 @@ from tests.integration.cuttable_link import CuttableLink
 from tests.integration.private_rabbit import PrivateRabbit, private_rabbit  # noqa: F401 (fixture)
 
 
-RESTART_JOBS = 300
+# Enough long jobs that the queues cannot drain while RabbitMQ stops: a busy node once took
+# over 40 s to stop, still delivering, and the worker ran all of 250 meanwhile.
+RESTART_JOBS = 700
 CUT_JOBS = 1000
 # Where the relay cuts a producer's connection: about a quarter of the way into a batch of
 # CUT_JOBS messages (~770 bytes each on the wire).
