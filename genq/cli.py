@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -286,6 +287,17 @@ def make_test_model(
     typer.echo(build_test_model(directory, size=size, seed=seed))
 
 
+def _exit_cleanly_on_signals() -> None:
+    """SIGTERM and SIGHUP as SystemExit: the bench's `finally` clauses then stop the engine
+    and worker processes it started (each in a session of its own, so the signal that
+    stops the bench does not reach them); by default the bench would die and leave them
+    running, each holding an engine and the cores."""
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Tiny model, 64 requests, 1 repeat."),
@@ -301,6 +313,7 @@ def bench(
     load: float = typer.Option(3.0, "--load", help="--priority: burst rate / capacity."),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
+    _exit_cleanly_on_signals()
     from genq.testmodel import build_test_model
     from producers.bench import Workload, run_bench
     size = "tiny" if quick else "bench"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -70,30 +70,39 @@ class Engine:
         count_steps(llm, counters)
         return cls(llm, args, counters)
 
-    async def render(self, spec: JobSpec) -> Any:
-        """Tokenize through vLLM's renderer: the prompt verbatim, or chat messages through
-        the model's chat template (without the second BOS a template that writes one would
-        get from plain tokenizing). It also checks the length against the context."""
+    def render_now(self, spec: JobSpec) -> Any:
+        """`render`, on the calling thread."""
         renderer = self._llm.renderer
-        try:
+        with _unrenderable_rejected():
+            if spec.prompt is not None:
+                (rendered,) = renderer.render_cmpl([TextPrompt(prompt=spec.prompt)])
+            else:
+                _, (rendered,) = renderer.render_chat([_messages(spec)], ChatParams())
+        return rendered
+
+    async def render(self, spec: JobSpec) -> Any:
+        """Tokenize through vLLM's renderer, on its tokenizer thread: the prompt verbatim,
+        or chat messages through the model's chat template (without the second BOS a
+        template that writes one would get from plain tokenizing). It also checks the
+        length against the context."""
+        renderer = self._llm.renderer
+        with _unrenderable_rejected():
             if spec.prompt is not None:
                 (rendered,) = await renderer.render_cmpl_async([TextPrompt(prompt=spec.prompt)])
             else:
-                messages = [m.model_dump() for m in spec.messages or ()]
-                _, (rendered,) = await renderer.render_chat_async([messages], ChatParams())
-        except VLLMClientError as exc:  # e.g. the prompt is longer than the context
-            raise RequestRejectedError(str(exc)) from exc
-        except Exception as exc:  # a model without a chat template, a bad role order
-            raise RequestRejectedError(f"prompt could not be rendered: {exc}") from exc
+                _, (rendered,) = await renderer.render_chat_async([_messages(spec)],
+                                                                  ChatParams())
         return rendered
 
     async def generate(self, request_id: str, spec: JobSpec,
-                       on_delta: Callable[[str], None] | None = None) -> Generation:
-        """Run one job. With `on_delta` (a streaming job) the text is decoded as it is
-        generated and each new piece handed to it; the pieces add up to the result's text.
-        Without, the engine returns only the final output and the text is decoded once at
-        the end: the cheap path most jobs take."""
-        prompt = await self.render(spec)
+                       on_delta: Callable[[str], None] | None = None, *,
+                       prompt: Awaitable[Any] | None = None) -> Generation:
+        """Run one job, its prompt rendered here or by `prompt` (a `render` begun earlier).
+        With `on_delta` (a streaming job) the text is decoded as it is generated and each
+        new piece handed to it; the pieces add up to the result's text. Without, the engine
+        returns only the final output and the text is decoded once at the end: the cheap
+        path most jobs take."""
+        rendered = await (prompt if prompt is not None else self.render(spec))
         final = None
         pieces: list[str] = []
         token_count = 0
@@ -111,7 +120,7 @@ class Engine:
             else:
                 # Each output holds only what is new since the last: the piece to relay.
                 params = _sampling(spec, detokenize=True, output_kind=RequestOutputKind.DELTA)
-            async for output in self._llm.generate(prompt, params, request_id):
+            async for output in self._llm.generate(rendered, params, request_id):
                 final = output
                 if on_delta is not None and output.outputs:
                     delta = output.outputs[0]
@@ -168,6 +177,20 @@ def _sampling(spec: JobSpec, **kwargs: Any) -> SamplingParams:
     return SamplingParams(max_tokens=spec.max_tokens, temperature=spec.temperature,
                           top_p=spec.top_p, stop=list(spec.stop) or None, seed=spec.seed,
                           ignore_eos=spec.ignore_eos, **kwargs)
+
+
+def _messages(spec: JobSpec) -> list[dict[str, Any]]:
+    return [m.model_dump() for m in spec.messages or ()]
+
+
+@contextmanager
+def _unrenderable_rejected() -> Iterator[None]:
+    try:
+        yield
+    except VLLMClientError as exc:  # e.g. the prompt is longer than the context
+        raise RequestRejectedError(str(exc)) from exc
+    except Exception as exc:  # a model without a chat template, a bad role order
+        raise RequestRejectedError(f"prompt could not be rendered: {exc}") from exc
 
 
 @contextmanager

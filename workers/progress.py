@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,16 +42,18 @@ _MAX_ENTRIES = 8192
 _draining: set[asyncio.Task[None]] = set()
 
 
-async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage) -> Generation:
-    """`engine.generate` for the job in `message`, publishing its text as it goes if the
-    job streams."""
+async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage, *,
+                   prompt: Awaitable[Any] | None = None) -> Generation:
+    """`engine.generate` for the job in `message` (with its prompt already being rendered,
+    if given), publishing its text as it goes if the job streams."""
     if not message.spec.stream:
-        return await engine.generate(message.job_id, message.spec)
+        return await engine.generate(message.job_id, message.spec, prompt=prompt)
     writer = _Writer(redis, message.job_id, attempt=message.attempts + 1)
     flusher = asyncio.create_task(writer.run(), name=f"progress-{message.job_id}")
     ok = False
     try:
-        generation = await engine.generate(message.job_id, message.spec, on_delta=writer.add)
+        generation = await engine.generate(message.job_id, message.spec, on_delta=writer.add,
+                                           prompt=prompt)
         ok = True
         return generation
     finally:

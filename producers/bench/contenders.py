@@ -64,19 +64,50 @@ class EngineLimit:
         worker's process weighs before genq adds anything."""
         return _rss_mb(self.proc.pid)
 
-    def latencies(self, prompts: list[str]) -> list[float]:
-        reply = self._ask({"op": "latency", "prompts": prompts,
+    def latencies(self, prompts: list[str], *, idle: float) -> list[float]:
+        """One request at a time, each after `idle` seconds of the engine doing nothing."""
+        reply = self._ask({"op": "latency", "prompts": prompts, "idle": idle,
                            "params": {"max_tokens": 1, "temperature": 0.0}})
         return list(reply["latencies"])
 
     def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        """Between commands it exits once its stdin closes; busy (the bench interrupted
+        mid-run), it is stopped with its engine processes. Safe to call twice."""
+        if self._log.closed:
+            return
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:  # it is already gone
+                pass
+        _stop_group(self.proc, patience=_STOP_PATIENCE_SECONDS)
         self._log.close()
+
+
+# How long a contender gets to stop by itself before its process group is signalled.
+_STOP_PATIENCE_SECONDS = 20.0
+
+
+def _stop_group(proc: subprocess.Popen[Any], *, patience: float) -> None:
+    """Wait for `proc` (a session leader) to end; past `patience` SIGTERM its whole group,
+    then SIGKILL; and SIGKILL whatever of the group is left (engine core processes)."""
+    try:
+        proc.wait(patience)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # nothing left in it
+        pass
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -100,13 +131,19 @@ class Fleet:
         self.worker = WorkerProcess(
             model_path=workload.model_path, model_name=self.model, env=self.env,
             log_dir=log_dir, max_num_seqs=workload.max_num_seqs,
-            max_model_len=workload.max_model_len, name="bench").start()
-        # Patient: the bench loads the machine far past what a producer's default expects
-        # of a broker sharing two cores with a busy engine.
-        self.client = Client(models=[self.model], publish_timeout=60)
-        self.redis = redis.Redis.from_url(self.client.settings.redis_url, decode_responses=True)
-        self.pid = int(self.stats()["pid"])
-        self.run(workload, limit=8)  # warm-up
+            max_model_len=workload.max_model_len, name="bench")
+        try:
+            self.worker.start()
+            # Patient: the bench loads the machine far past what a producer's default
+            # expects of a broker sharing two cores with a busy engine.
+            self.client = Client(models=[self.model], publish_timeout=60)
+            self.redis = redis.Redis.from_url(self.client.settings.redis_url,
+                                              decode_responses=True)
+            self.pid = int(self.stats()["pid"])
+            self.run(workload, limit=8)  # warm-up
+        except BaseException:  # nobody else holds the worker yet to stop it
+            self.worker.stop()
+            raise
 
     def stats(self) -> dict[str, str]:
         return dict(self.redis.hgetall(names.worker_stats_key(self.worker.hostname)))
@@ -148,10 +185,12 @@ class Fleet:
             result["prefix_hit_rate"] = _ratio(after, before, "prefix_hits", "prefix_queries")
         return result
 
-    def latencies(self, prompts: list[str]) -> list[float]:
-        """Light load: one job at a time, max_tokens=1, submit to stored result."""
+    def latencies(self, prompts: list[str], *, idle: float) -> list[float]:
+        """Light load: one job at a time, max_tokens=1, submit to stored result; each job
+        submitted `idle` seconds after the last one's result was read."""
         out = []
         for prompt in prompts:
+            time.sleep(idle)
             job_id = self.client.submit(prompt, model=self.model, max_tokens=1,
                                         temperature=0.0, cache=False)
             record = self.client.result(job_id, timeout=60)
@@ -189,8 +228,12 @@ class NaiveCelery:
             env=worker_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.app = Celery(broker=env.get("GENQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
                           backend=env.get("GENQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
-        self.app.send_task("naive.generate", args=["warm up", {"max_tokens": 4}],
-                           queue=self.queue).get(timeout=600)
+        try:
+            self.app.send_task("naive.generate", args=["warm up", {"max_tokens": 4}],
+                               queue=self.queue).get(timeout=600)
+        except BaseException:  # nobody else holds the process yet to stop it
+            self.stop()
+            raise
 
     def run(self, workload: Workload) -> dict[str, float]:
         prompts = workload.prompts[: workload.naive_requests]
@@ -203,9 +246,6 @@ class NaiveCelery:
                 "requests": len(prompts)}
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        _stop_group(self.proc, patience=60)
         self._log.close()

@@ -44,6 +44,7 @@ def serve(llm: LLM, out: TextIO) -> None:
         elif command["op"] == "latency":
             latencies = []
             for prompt in command["prompts"]:
+                time.sleep(command.get("idle", 0.0))  # each request finds the engine idle
                 start = time.perf_counter()
                 llm.generate([prompt], params, use_tqdm=False)
                 latencies.append(time.perf_counter() - start)
