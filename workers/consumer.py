@@ -28,7 +28,7 @@ from celery import Celery
 from genq import names
 from genq.errors import EngineDeadError, RequestRejectedError, ValidationError
 from genq.protocol import TaskMessage, decode_task, encode_task
-from genq.schema import JobSpec, JobState
+from genq.schema import JobState
 from genq.settings import WorkerSettings
 from scheduler import Candidate, create_admission_queue, static_key
 from scheduler.refill import RefillWatch
@@ -61,10 +61,6 @@ _DEAD_ENGINE_GRACE = 10.0
 # in 50 tries), and a task that never ends must not keep a dead worker from exiting.
 _CANCEL_WAIT_SECONDS = 45.0
 
-# Prompts up to this long (~1,000 tokens: well under a millisecond) are tokenized on the
-# event loop's thread; longer ones on vLLM's tokenizer thread (see GpuConsumer._render).
-_INLINE_RENDER_CHARS = 4096
-
 EXIT_ENGINE_DEAD = 70
 """Exit status when the engine died: the worker's supervisor should restart it."""
 
@@ -76,7 +72,7 @@ class _Running:
     """Tokens charged to its tenant at admission (fair policy), trued up when it ends."""
     task: asyncio.Task[None] | None = None
     prompt: asyncio.Future[Any] | None = None
-    """Its prompt, rendered (tokenized) while it was held: see GpuConsumer._render."""
+    """Its prompt, rendered (tokenized) while it was held: see Engine.render_soon."""
     cancel_requested: bool = False
     started: float = field(default_factory=time.monotonic)
     crashes: int = 0
@@ -96,8 +92,6 @@ class GpuConsumer:
                                              alpha=settings.alpha,
                                              beta=settings.beta)
         self._held: dict[str, Candidate[Delivery]] = {}
-        self._renders: dict[str, asyncio.Future[Any]] = {}
-        """Prompts of held jobs, being or already rendered."""
         self._refill = RefillWatch(settings.refill_wait)
         self._refill_timer: asyncio.TimerHandle | None = None
         self._last_admission = time.monotonic()
@@ -229,20 +223,21 @@ class GpuConsumer:
             # original): keep one.
             self.broker.ack(delivery.epoch, delivery.tag)
             return
+        assert self._wake is not None
+        # Woken first: when this wakes the admission loop, the job's ADMIT goes out before
+        # its prompt is rendered (see Engine.render_soon).
+        self._wake.set()
         candidate = Candidate(job_id=job_id, priority=message.spec.priority,
                               cost=expected_tokens(message.spec.prompt_chars(),
                                                    message.spec.max_tokens),
                               enqueued_at=message.enqueued_at,
                               tenant=message.spec.tenant or "default",
-                              payload=(delivery, message))
+                              payload=(delivery, message, self.engine.render_soon(message.spec)))
         self._held[job_id] = candidate
         self._queue.add(candidate)
         self._refill.delivered(delivery.level, self._key(candidate))
         self.events.received(job_id, kwargs=str(delivery.headers.get("kwargsrepr", "")),
                              retries=message.attempts)
-        assert self._wake is not None
-        self._wake.set()
-        self._renders[job_id] = self._render(message.spec)  # after the wake: see _render
 
     async def _reject(self, delivery: Delivery, error: ValidationError) -> None:
         log.warning("dead-lettering a malformed message: %s", error)
@@ -258,41 +253,6 @@ class GpuConsumer:
             if candidate.payload[0].epoch == epoch:
                 self._queue.remove(job_id)
                 del self._held[job_id]
-                self._forget_render(job_id)
-
-    def _render(self, spec: JobSpec) -> asyncio.Future[Any]:
-        """A held job's prompt, rendered (tokenized) while it waits for a slot or for its
-        admission's round trip to Redis, not on its way into the engine.
-
-        A short prompt on this thread: a fraction of a millisecond, less than the hop to
-        vLLM's tokenizer thread and back, whose work also held the GIL while this loop
-        waited to read the admission's reply (one job at a time, measured: ~1 ms more to
-        start). It is rendered after what is already scheduled, so when its delivery
-        wakes the admission loop, the ADMIT goes to Redis first and the prompt is
-        tokenized while the reply is on its way. A long prompt on vLLM's tokenizer
-        thread, so this loop never stalls feeding the engine. A prompt that can't be
-        rendered fails its job when the job runs."""
-        if spec.prompt_chars() > _INLINE_RENDER_CHARS:
-            return asyncio.ensure_future(self.engine.render(spec))
-        rendered = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(self._render_now, spec, rendered)
-        return rendered
-
-    def _render_now(self, spec: JobSpec, rendered: asyncio.Future[Any]) -> None:
-        if rendered.cancelled():  # the job left before its turn came
-            return
-        try:
-            rendered.set_result(self.engine.render_now(spec))
-        except RequestRejectedError as exc:
-            rendered.set_exception(exc)
-
-    def _forget_render(self, job_id: str) -> None:
-        """A held job leaves without running here: its rendered prompt is not needed."""
-        render = self._renders.pop(job_id, None)
-        if render is not None:
-            render.cancel()
-            # A render that failed is the next attempt's to report, not asyncio's to log.
-            render.add_done_callback(_consume_outcome)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -322,7 +282,6 @@ class GpuConsumer:
                     for candidate in batch:
                         delivery = candidate.payload[0]
                         self.broker.requeue(delivery.epoch, delivery.tag)
-                        self._forget_render(candidate.job_id)
                         self._queue.charge(candidate.tenant, -candidate.cost)
                     await asyncio.sleep(_REDIS_RETRY_SECONDS)
                     continue
@@ -375,7 +334,6 @@ class GpuConsumer:
             delivery = candidate.payload[0]
             self._queue.remove(job_id)
             del self._held[job_id]
-            self._forget_render(job_id)
             self._refill.given_back(delivery.level, self._key(candidate))
             self.broker.requeue(delivery.epoch, delivery.tag)
             given += 1
@@ -435,12 +393,12 @@ class GpuConsumer:
         return batch
 
     def _act(self, candidate: Candidate[Any], decision: str) -> None:
-        delivery, message = candidate.payload
+        delivery, message, rendered = candidate.payload
         job_id = message.job_id
         if decision == "running":
             running = _Running(message, cost=candidate.cost,
                                crashes=crashes(delivery.headers),
-                               prompt=self._renders.pop(job_id, None))
+                               prompt=rendered)
             self._running[job_id] = running
             running.task = asyncio.create_task(self._run(running), name=job_id)
             self.stats["admitted"] += 1
@@ -458,7 +416,6 @@ class GpuConsumer:
             self.events.revoked(job_id, expired=decision == JobState.EXPIRED.value)
         if decision != "running":  # it never ran here: give its tenant the charge back
             self._queue.charge(candidate.tenant, -candidate.cost)
-            self._forget_render(job_id)
         # "leased" (a live worker runs it) and terminal states: this copy is surplus.
         # Ack only now: ADMIT has recorded the job, so the message is no longer its only trace.
         self.broker.ack(delivery.epoch, delivery.tag)
@@ -631,7 +588,3 @@ class GpuConsumer:
             running.cancel_requested = True
             running.task.cancel()  # AsyncLLM.generate aborts the request in the engine
 
-
-def _consume_outcome(render: asyncio.Future[Any]) -> None:
-    if not render.cancelled():
-        render.exception()
