@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -27,9 +28,12 @@ from vllm.v1.engine.exceptions import EngineGenerateError
 
 from genq.errors import EngineDeadError, EngineError, RequestRejectedError
 from genq.schema import JobSpec
+from workers.cpu_dtype import engine_dtype
 from workers.engine_stats import EngineCounters, count_steps
 
 __all__ = ["Engine", "Generation", "parse_engine_args"]
+
+log = logging.getLogger(__name__)
 
 # Prompts up to this long (~1,000 tokens: well under a millisecond) are tokenized on the
 # event loop's thread; longer ones on vLLM's tokenizer thread (see Engine.render_soon).
@@ -70,6 +74,11 @@ class Engine:
         # Without vLLM's per-step statistics (and no stat logger, which would turn them back
         # on): the worker counts what it reports itself, for less (workers/engine_stats.py).
         args.disable_log_stats = True
+        dtype = engine_dtype(args.dtype)
+        if dtype != args.dtype:
+            log.info("dtype %s: %s, as this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)",
+                     args.dtype, dtype)
+            args.dtype = dtype
         llm = AsyncLLM.from_engine_args(args)
         counters = EngineCounters()
         count_steps(llm, counters)

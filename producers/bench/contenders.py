@@ -37,7 +37,8 @@ class EngineLimit:
              "--max-model-len", str(workload.max_model_len)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             text=True, start_new_session=True)
-        self._read()  # {"ready": true}
+        # The model's dtype as vLLM runs it: the worker and the naive baseline pick the same.
+        self.dtype: str = self._read()["dtype"]
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None

@@ -43,6 +43,7 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
     with ExitStack() as stack:
         engine = EngineLimit(workload, env, logs)
         stop_engine = stack.callback(engine.stop)
+        results["dtype"] = engine.dtype
         fleet = Fleet(workload, env, logs)
         stack.callback(fleet.stop)
         for r in range(workload.repeat):
@@ -157,6 +158,7 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 def _table(r: dict[str, Any]) -> str:
     rows = [
+        ("model dtype (engine, fleet and naive alike)", r["dtype"]),
         ("engine limit (vLLM LLM.generate)", f"{r['engine_tokens_per_s']:.0f} tok/s"),
         ("genq fleet (1 worker)", f"{r['fleet_tokens_per_s']:.0f} tok/s"),
         ("naive Celery baseline (solo, batch 1)", f"{r['naive_tokens_per_s']:.0f} tok/s"),

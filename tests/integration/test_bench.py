@@ -32,6 +32,7 @@ def test_bench_quick_writes_every_field_with_sane_values(
     assert 0 < result["fleet_over_engine"] < 5
     assert 0 < result["occupancy"] <= 1
     assert result["workload"]["requests"] == 64
+    assert result["dtype"] in ("bfloat16", "float16", "float32")
     pair = result["pairs"][0]
     # Every token asked for was produced, by both.
     expected = 64 * result["workload"]["max_tokens"]

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from vllm import LLM, SamplingParams
 
+from workers.cpu_dtype import engine_dtype
+
 
 def _params(data: dict[str, Any]) -> SamplingParams:
     # As a genq worker runs a job without stop strings: no incremental detokenizing, the
@@ -65,9 +67,11 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=1024)
     args = parser.parse_args()
     llm = LLM(model=args.model, max_num_seqs=args.max_num_seqs,
-              max_model_len=args.max_model_len, enforce_eager=True, seed=0)
+              max_model_len=args.max_model_len, enforce_eager=True, seed=0,
+              dtype=engine_dtype("auto"))  # as a genq worker picks it
     llm.generate(["warm up"] * 8, SamplingParams(max_tokens=8), use_tqdm=False)
-    print(json.dumps({"ready": True}), file=out, flush=True)
+    dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    print(json.dumps({"ready": True, "dtype": dtype}), file=out, flush=True)
     serve(llm, out)
 
 

@@ -27,7 +27,10 @@ def _load_engine(**_kwargs: Any) -> None:
     # worker_init, not worker_process_init: the latter never fires in the solo pool.
     global _llm
     from vllm import LLM
+
+    from workers.cpu_dtype import engine_dtype
     _llm = LLM(model=os.environ["GENQ_NAIVE_MODEL"], enforce_eager=True, seed=0,
+               dtype=engine_dtype("auto"),  # as a genq worker picks it
                max_model_len=int(os.environ.get("GENQ_NAIVE_MAX_MODEL_LEN", "1024")))
 
 
