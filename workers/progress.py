@@ -26,7 +26,7 @@ from genq import names
 from genq.protocol import TaskMessage
 from workers.engine import Engine, Generation
 
-__all__ = ["generate"]
+__all__ = ["EarlyStart", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,14 @@ _draining: set[asyncio.Task[None]] = set()
 
 
 async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage, *,
-                   prompt: Awaitable[Any] | None = None) -> Generation:
+                   prompt: Awaitable[Any] | None = None,
+                   admitted: Awaitable[bool] | None = None) -> Generation:
     """`engine.generate` for the job in `message` (with its prompt already being rendered,
-    if given), publishing its text as it goes if the job streams."""
+    if given), publishing its text as it goes if the job streams; if `admitted` is given,
+    nothing is published before it says True, and nothing at all if it says False."""
     if not message.spec.stream:
         return await engine.generate(message.job_id, message.spec, prompt=prompt)
-    writer = _Writer(redis, message.job_id, attempt=message.attempts + 1)
+    writer = _Writer(redis, message.job_id, attempt=message.attempts + 1, admitted=admitted)
     flusher = asyncio.create_task(writer.run(), name=f"progress-{message.job_id}")
     ok = False
     try:
@@ -65,9 +67,36 @@ async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage, 
             flusher.add_done_callback(_draining.discard)
 
 
+class EarlyStart:
+    """A job in the engine while its admission is still being decided (see the consumer's
+    admission loop): `generate` under a gate that `admit` or `abandon` settles once."""
+
+    def __init__(self, engine: Engine, redis: aioredis.Redis, message: TaskMessage, *,
+                 prompt: Awaitable[Any] | None) -> None:
+        self._gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(
+            generate(engine, redis, message, prompt=prompt, admitted=self._gate),
+            name=f"early-{message.job_id}")
+
+    def admit(self) -> asyncio.Task[Generation]:
+        """It runs here: what it streams may go out; await the task for its result."""
+        self._gate.set_result(True)
+        return self._task
+
+    def abandon(self) -> None:
+        """It does not run here: aborted in the engine, nothing of it published."""
+        if not self._gate.done():
+            self._gate.set_result(False)
+        self._task.cancel()
+        # Its failure (say the engine rejected the prompt) is nobody's to report now.
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 class _Writer:
-    def __init__(self, redis: aioredis.Redis, job_id: str, *, attempt: int) -> None:
+    def __init__(self, redis: aioredis.Redis, job_id: str, *, attempt: int,
+                 admitted: Awaitable[bool] | None = None) -> None:
         self._redis = redis
+        self._admitted = admitted
         self._key = names.progress_key(job_id)
         self._attempt = str(attempt)
         self._pending: list[str] = []
@@ -84,6 +113,8 @@ class _Writer:
         self._wake.set()
 
     async def run(self) -> None:
+        if self._admitted is not None and not await self._admitted:
+            return  # another worker runs it, or nobody: its stream is not this job's
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -21,9 +21,10 @@ from producers.bench.workload import Workload, percentile
 __all__ = ["run_bench"]
 
 _LIGHT_LOAD_JOBS = 30
-_LIGHT_LOAD_WARMUP = 5
-_LIGHT_LOAD_MIN_ROUNDS = 3
+_LIGHT_LOAD_WARMUP = 10
+_LIGHT_LOAD_MIN_ROUNDS = 6
 _LIGHT_LOAD_IDLE = 0.05  # seconds between one result and the next request
+_LIGHT_LOAD_SETTLE = 1.5  # quiet before a block: vLLM's idle busy-wait (1 s) has ended
 _MEMORY_QUEUE_DEPTH = 10_000
 _MEMORY_BATCH = 1_000
 _MEMORY_SETTLE_SECONDS = 5.0
@@ -85,24 +86,40 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
 def _light_load(engine: EngineLimit, fleet: Fleet, workload: Workload) -> dict[str, Any]:
     """One job at a time, `max_tokens=1`: what genq adds to the engine's own latency.
 
-    Each request, to either, comes after the engine has been idle a while, as a lone job
-    does: back to back, the engine-limit process would keep its engine core awake (its next
-    request arrives microseconds after the last), and a request to an engine that has
-    gone idle takes ~2 ms longer on this 2-core host, engine alone, genq or not.
-    Rounds alternate engine and fleet (A B A B), as the throughput pairs do: a round's p50
-    moves by several ms with the machine's state, more than the difference measured."""
+    Each request, to either, comes `_LIGHT_LOAD_IDLE` after the last one ended, as a lone
+    job does (back to back, the engine-limit process's next request would find its engine
+    busy-waiting on its last: an engine answers a request sooner right after another).
+    Both engines are loaded at once and vLLM's model process busy-waits (sched_yield) for
+    1 s after its last step, on the same core as the other's: requests alternating one by
+    one between the two took 0.4-0.8 s instead of ~50 ms on a 2-core host. So the two take
+    turns in blocks of the same prompts, each block after `_LIGHT_LOAD_SETTLE` of quiet
+    (the other's engine asleep), A B A B.
+
+    A 1-token request's time is mostly its prompt's prefill, so it follows the prompt's
+    length (40 to 90 ms here for 8 to 48 words), and a block's p50 moved by several ms from
+    one block to the next. What genq adds is therefore taken prompt by prompt: the median,
+    over every prompt of every round, of the fleet's time minus the engine's for the same
+    prompt in the same round. The p50s of each are reported beside it."""
     prompts = list(workload.prompts[:_LIGHT_LOAD_JOBS])
-    # The first single requests run slower.
+    # The first single requests after the throughput runs are slower, in either.
     engine.latencies(prompts[:_LIGHT_LOAD_WARMUP], idle=_LIGHT_LOAD_IDLE)
     fleet.latencies(prompts[:_LIGHT_LOAD_WARMUP], idle=_LIGHT_LOAD_IDLE)
-    rounds = []
+    rounds, added, engine_all, fleet_all = [], [], [], []
     for _ in range(max(workload.repeat, _LIGHT_LOAD_MIN_ROUNDS)):
-        e = percentile(engine.latencies(prompts, idle=_LIGHT_LOAD_IDLE), 50) * 1000
-        f = percentile(fleet.latencies(prompts, idle=_LIGHT_LOAD_IDLE), 50) * 1000
-        rounds.append({"engine_p50_ms": e, "fleet_p50_ms": f, "added_p50_ms": f - e})
-    return {key: statistics.median(r[key] for r in rounds)
-            for key in ("engine_p50_ms", "fleet_p50_ms", "added_p50_ms")} | {
-        "rounds": rounds, "idle_s": _LIGHT_LOAD_IDLE}
+        time.sleep(_LIGHT_LOAD_SETTLE)
+        e = [s * 1000 for s in engine.latencies(prompts, idle=_LIGHT_LOAD_IDLE)]
+        time.sleep(_LIGHT_LOAD_SETTLE)
+        f = [s * 1000 for s in fleet.latencies(prompts, idle=_LIGHT_LOAD_IDLE)]
+        pairs = [b - a for a, b in zip(e, f)]
+        rounds.append({"engine_p50_ms": percentile(e, 50), "fleet_p50_ms": percentile(f, 50),
+                       "added_p50_ms": percentile(pairs, 50)})
+        added += pairs
+        engine_all += e
+        fleet_all += f
+    return {"engine_p50_ms": percentile(engine_all, 50), "fleet_p50_ms": percentile(fleet_all, 50),
+            "added_p50_ms": percentile(added, 50), "rounds": rounds,
+            "requests_each": len(added), "idle_s": _LIGHT_LOAD_IDLE,
+            "settle_s": _LIGHT_LOAD_SETTLE}
 
 
 def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float]:

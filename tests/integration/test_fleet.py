@@ -10,6 +10,7 @@ import requests
 from celery import Celery
 from celery.result import AsyncResult
 
+from genq import names
 from genq.schema import JobState
 from producers import Client
 from producers.queues import purge_model
@@ -77,8 +78,8 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
     model_name = f"cancel-{uuid.uuid4().hex[:6]}"
     # The window holds all 16 blockers at once, and a longer context makes them run for
     # seconds, so the test sees them all running together.
-    make_worker(model_name=model_name, max_num_seqs=16, max_model_len=2048,
-                env={"GENQ_WINDOW": "16"})
+    worker = make_worker(model_name=model_name, max_num_seqs=16, max_model_len=2048,
+                         env={"GENQ_WINDOW": "16"})
     client = Client(models=[model_name])
     # Fill the engine (16 slots) with long jobs, queue more behind them, cancel one queued.
     blockers = client.submit_many([
@@ -89,7 +90,11 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
     queued = client.submit_many([
         {"model": model_name, "prompt": f"wait {i}", "priority": 0, "max_tokens": 4}
         for i in range(30)])
-    victim = queued[-1]
+    # Last in, and streaming: when its turn comes it enters the engine while its admission
+    # is decided (the consumer's early start), and must leave no trace there.
+    victim = client.submit(f"wait {len(queued)}", model=model_name, priority=0, max_tokens=4,
+                           stream=True)
+    queued.append(victim)
     assert client.status(victim).state is JobState.QUEUED
     assert client.cancel(victim) == "cancelled"
     for job_id in blockers:
@@ -98,6 +103,11 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
     records = {r.id: r for r in client.wait_many(blockers + queued, timeout=300)}
     assert records[victim].state is JobState.CANCELLED
     assert records[victim].started_at is None and records[victim].attempts == 0
+    # Started early, aborted once ADMIT said cancelled; nothing of it streamed.
+    assert not client.store.redis.exists(names.progress_key(victim))
+    stats_key = names.worker_stats_key(worker.hostname)
+    wait_for(lambda: int(client.store.redis.hget(stats_key, "early_aborted") or 0) >= 1,
+             timeout=10, what="the worker's heartbeat to count the aborted early start")
     for job_id in blockers:
         record = records[job_id]
         assert record.state is JobState.CANCELLED, (record.state, record.error)
