@@ -102,7 +102,10 @@ class GpuConsumer:
         """Held off before and still slow: give the window back as soon as the engine is
         full again, not after another hold_seconds."""
         self._running: dict[str, _Running] = {}
-        self._admitting = 0
+        self._admitting: set[str] = set()
+        """Jobs whose ADMIT is on its way to Redis or back."""
+        self._cancelled: set[str] = set()
+        """Of those, the ones a client cancelled meanwhile (`_on_cancel`)."""
         self._early: dict[str, EarlyStart] = {}
         """Jobs in the engine whose ADMIT is on its way (`_start_early`)."""
         self._ready = threading.Event()
@@ -222,7 +225,7 @@ class GpuConsumer:
             asyncio.ensure_future(self._reject(delivery, exc))
             return
         job_id = message.job_id
-        if job_id in self._held or job_id in self._running or job_id in self._early:
+        if job_id in self._held or job_id in self._running or job_id in self._admitting:
             # A second copy of a job this worker already has (a republish raced the
             # original): keep one.
             self.broker.ack(delivery.epoch, delivery.tag)
@@ -277,16 +280,19 @@ class GpuConsumer:
                     break  # only crash suspects held, and one is running: its end wakes us
                 for candidate in batch:
                     del self._held[candidate.job_id]
-                self._admitting += len(batch)
+                ids = [c.job_id for c in batch]
+                self._admitting.update(ids)
                 try:
                     for candidate in batch:
                         self._start_early(candidate)
-                    decisions = await self.ledger.admit([c.job_id for c in batch])
+                    decisions = await self.ledger.admit(ids)
                 except asyncio.CancelledError:
                     self._abandon_early(batch)
                     raise
                 except Exception as exc:  # Redis away: give the messages back, try later
                     self._abandon_early(batch)
+                    # Before they go back: their redeliveries are not copies of jobs at hand.
+                    self._admitting.difference_update(ids)
                     log.warning("admission failed (%r); handing %d messages back",
                                 exc, len(batch))
                     for candidate in batch:
@@ -296,7 +302,7 @@ class GpuConsumer:
                     await asyncio.sleep(_REDIS_RETRY_SECONDS)
                     continue
                 finally:
-                    self._admitting -= len(batch)
+                    self._admitting.difference_update(ids)
                 now = time.monotonic()
                 if now - self._last_admission < self.settings.hold_seconds:
                     self._lean = False  # admitting often: not stuck
@@ -309,7 +315,7 @@ class GpuConsumer:
     def _start_early(self, candidate: Candidate[Any]) -> None:
         """Into the engine while its ADMIT is on the way, so the engine's first step overlaps
         the round trip to Redis (one job at a time, that round trip was ~1.4 ms of the ~6
-        ms genq added to the engine's latency). Nothing of it is published unless ADMIT says
+        ms genq added to the engine's latency on session 4's machine). Nothing of it is published unless ADMIT says
         it runs here; any other answer aborts it in the engine, a step's work at most. Not a
         crash suspect: one must not reach the engine unless it is admitted."""
         delivery, message, rendered = candidate.payload
@@ -318,13 +324,15 @@ class GpuConsumer:
                                                      prompt=rendered)
 
     def _abandon_early(self, batch: list[Candidate[Any]]) -> None:
+        """These jobs will not run here (now): abort what started early, forget cancels."""
         for candidate in batch:
+            self._cancelled.discard(candidate.job_id)
             if (early := self._early.pop(candidate.job_id, None)) is not None:
                 early.abandon()
                 self.stats["early_aborted"] += 1
 
     def _room(self) -> int:
-        return self.capacity - len(self._running) - self._admitting
+        return self.capacity - len(self._running) - len(self._admitting)
 
     # -- holding off: a full engine gives its window back ------------------------------------
     #
@@ -422,11 +430,18 @@ class GpuConsumer:
     def _act(self, candidate: Candidate[Any], decision: str) -> None:
         delivery, message, rendered = candidate.payload
         job_id = message.job_id
+        cancelled = job_id in self._cancelled
+        self._cancelled.discard(job_id)
+        if decision != "running" or cancelled:
+            self._abandon_early([candidate])
         early = self._early.pop(job_id, None)
-        if early is not None and decision != "running":
-            early.abandon()
-            self.stats["early_aborted"] += 1
-        if decision == "running":
+        if decision == "running" and cancelled:
+            # Cancelled after ADMIT ran in Redis, before its reply came back: the cancel
+            # found the job running but not yet here (`_on_cancel`).
+            asyncio.ensure_future(self._end(
+                job_id, JobState.CANCELLED, error="cancelled by the client while running"))
+            self.events.revoked(job_id)
+        elif decision == "running":
             running = _Running(message, cost=candidate.cost,
                                crashes=crashes(delivery.headers), prompt=rendered,
                                early=early.admit() if early is not None else None)
@@ -445,7 +460,7 @@ class GpuConsumer:
             self.events.failed(job_id, error="no job record")
         elif decision in (JobState.CANCELLED.value, JobState.EXPIRED.value):
             self.events.revoked(job_id, expired=decision == JobState.EXPIRED.value)
-        if decision != "running":  # it never ran here: give its tenant the charge back
+        if decision != "running" or cancelled:  # it never ran: its tenant's charge back
             self._queue.charge(candidate.tenant, -candidate.cost)
         # "leased" (a live worker runs it) and terminal states: this copy is surplus.
         # Ack only now: ADMIT has recorded the job, so the message is no longer its only trace.
@@ -618,4 +633,6 @@ class GpuConsumer:
         if running is not None and running.task is not None:
             running.cancel_requested = True
             running.task.cancel()  # AsyncLLM.generate aborts the request in the engine
+        elif job_id in self._admitting:
+            self._cancelled.add(job_id)  # ADMIT's reply is on its way: `_act` ends it
 

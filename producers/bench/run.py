@@ -72,7 +72,8 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
         say(f"naive Celery: {results['naive']['tokens_per_s']:.0f} tok/s "
             f"on {results['naive']['requests']} requests")
 
-    results["submission"] = measure_submission(5_000 if workload.repeat > 1 else 2_000)
+    results["submission"] = measure_submission(5_000 if workload.repeat > 1 else 2_000,
+                                               repeat=workload.repeat)
     say(f"submission: {results['submission']}")
     summary = _summarize(results)
     results.update(summary)
@@ -96,7 +97,7 @@ def _light_load(engine: EngineLimit, fleet: Fleet, workload: Workload) -> dict[s
     (the other's engine asleep), A B A B.
 
     A 1-token request's time is mostly its prompt's prefill, so it follows the prompt's
-    length (40 to 90 ms here for 8 to 48 words), and a block's p50 moved by several ms from
+    length (35 to 120 ms for 8 to 48 words on session 5's AVX2 host), and a block's p50 moved by several ms from
     one block to the next. What genq adds is therefore taken prompt by prompt: the median,
     over every prompt of every round, of the fleet's time minus the engine's for the same
     prompt in the same round. The p50s of each are reported beside it."""

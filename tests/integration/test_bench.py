@@ -38,6 +38,9 @@ def test_bench_quick_writes_every_field_with_sane_values(
     expected = 64 * result["workload"]["max_tokens"]
     assert pair["engine"]["tokens"] == pair["fleet"]["tokens"] == expected
     assert pair["fleet"]["failed"] == 0
+    submission = result["submission"]
+    assert len(submission["submit_runs"]) == result["workload"]["repeat"] == 1
+    assert submission["submit_jobs_per_s"] == submission["submit_runs"][0] > 0
     assert "fleet / engine" in done.stdout
 
 
