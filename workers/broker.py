@@ -9,7 +9,8 @@ CPU outside vLLM.
 Credit: one consumer per level queue, each with prefetch `window` (basic.qos with
 global=false is per consumer in RabbitMQ). Jobs are acked when they are admitted into the
 engine (see workers/consumer.py), so what a worker holds unacked is only its not-yet-started
-window: at most levels × window messages, whatever the batch size."""
+window: at most levels × window messages, whatever the batch size. While the engine is nearly
+empty, a second consumer per level queue takes more at once (`surge`, scheduler/surge.py)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ class BrokerLink:
         self._channel: Any = None
         self._publish_channel: Any = None
         self._consumer_tags: list[str] = []
+        self._surge = 0
+        """The surge consumers' prefetch asked for (0: none); `_surge_applied` is what runs."""
+        self._surge_applied = 0
+        self._surge_tags: list[str] = []
         self._own_cancels: set[str] = set()
         self._cancelled_by_broker = ""
         self._stopping = threading.Event()
@@ -160,6 +165,14 @@ class BrokerLink:
         if not self._call(lambda: None):  # wake the loop; no connection: nothing to cancel
             self._settle_take_waiters()
         return future
+
+    def surge(self, prefetch: int) -> None:
+        """Consume each level queue a second time with this prefetch, or (0) stop: an engine
+        with far more room than the windows fill per round trip (scheduler/surge.py). Applied
+        by the thread between rounds, like `take`; a worker not taking has no surge."""
+        if prefetch != self._surge:
+            self._surge = prefetch
+            self._call(lambda: None)  # wake the thread; no connection: nothing to apply
 
     def _settle_take_waiters(self) -> None:
         while True:
@@ -274,33 +287,48 @@ class BrokerLink:
         self._publish_channel = self._conn.channel()
         self._publish_channel.confirm_delivery()
         self._consumer_tags = []
+        self._surge_tags = []
+        self._surge_applied = 0
         self._own_cancels: set[str] = set()
         self._cancelled_by_broker = ""
         if self._consuming and self._taking:
-            self._consume_all()
+            self._consume_all(self._consumer_tags)
         self.connected.set()
         log.info("broker connected (epoch %d)", self._epoch)
 
-    def _consume_all(self) -> None:
+    def _consume_all(self, tags: list[str]) -> None:
         # Highest level first: after a restart, or a hold-off, its head is the first job
         # handed over.
         for level in reversed(range(self._levels)):
-            self._consumer_tags.append(self._channel.basic_consume(
+            tags.append(self._channel.basic_consume(
                 names.level_queue(self._model, level),
                 self._make_callback(level, self._epoch),
             ))
 
+    def _cancel_all(self, tags: list[str]) -> None:
+        self._own_cancels.update(tags)
+        for tag in tags:
+            # Deliveries not yet handed to the loop go back to the queue (pika rejects
+            # them with requeue); those the loop holds stay held until it requeues them.
+            self._channel.basic_cancel(tag)
+        tags.clear()
+
     def _sync_consumers(self) -> None:
         """Start or cancel the level consumers as `take` asked."""
         if self._taking and self._consuming and not self._consumer_tags:
-            self._consume_all()
+            self._consume_all(self._consumer_tags)
         elif not self._taking and self._consumer_tags:
-            tags, self._consumer_tags = self._consumer_tags, []
-            self._own_cancels.update(tags)
-            for tag in tags:
-                # Deliveries not yet handed to the loop go back to the queue (pika rejects
-                # them with requeue); those the loop holds stay held until it requeues them.
-                self._channel.basic_cancel(tag)
+            self._cancel_all(self._consumer_tags)
+        surge = self._surge if self._taking and self._consuming else 0
+        if surge != self._surge_applied:
+            self._cancel_all(self._surge_tags)
+            if surge:
+                # The prefetch of consumers started after it (RabbitMQ's per-consumer
+                # basic.qos), then back to the window for the ordinary ones.
+                self._channel.basic_qos(prefetch_count=surge, global_qos=False)
+                self._consume_all(self._surge_tags)
+                self._channel.basic_qos(prefetch_count=self._window, global_qos=False)
+            self._surge_applied = surge
         self._settle_take_waiters()
 
     def _cancelled(self, frame: Any) -> None:

@@ -32,6 +32,7 @@ from genq.schema import JobState
 from genq.settings import WorkerSettings
 from scheduler import Candidate, create_admission_queue, static_key
 from scheduler.refill import RefillWatch
+from scheduler.surge import surge_prefetch
 from scheduler.turns import expected_tokens
 from workers.broker import BrokerLink, Delivery
 from workers.courier import Courier, crashes
@@ -98,6 +99,8 @@ class GpuConsumer:
         self._refill_timer: asyncio.TimerHandle | None = None
         self._last_admission = time.monotonic()
         self._holding_off = False
+        self._surge = 0
+        """The broker's surge prefetch (scheduler/surge.py): 0 but while the engine is empty."""
         self._lean = False
         """Held off before and still slow: give the window back as soon as the engine is
         full again, not after another hold_seconds."""
@@ -118,7 +121,8 @@ class GpuConsumer:
         self._thread = threading.Thread(target=self._thread_main, name="genq-gpu", daemon=True)
         self.fatal: BaseException | None = None
         self.stats = {"admitted": 0, "succeeded": 0, "failed": 0, "handed_back": 0,
-                      "reaped": 0, "dead_lettered": 0, "held_off": 0, "early_aborted": 0}
+                      "reaped": 0, "dead_lettered": 0, "held_off": 0, "early_aborted": 0,
+                      "surges": 0}
 
     # -- lifecycle, called from Celery's thread ----------------------------------------------
 
@@ -311,6 +315,7 @@ class GpuConsumer:
                     self._act(candidate, decision)
                 if self._lean and self._held and self._room() <= 0 and not self._holding_off:
                     await self._hold_off()
+            self._set_surge()
 
     def _start_early(self, candidate: Candidate[Any]) -> None:
         """Into the engine while its ADMIT is on the way, so the engine's first step overlaps
@@ -330,6 +335,16 @@ class GpuConsumer:
             if (early := self._early.pop(candidate.job_id, None)) is not None:
                 early.abandon()
                 self.stats["early_aborted"] += 1
+
+    def _set_surge(self) -> None:
+        surge = 0
+        if not self._stopping and self.fatal is None:
+            surge = surge_prefetch(self._room(), levels=self.settings.levels,
+                                   window=self.settings.window, current=self._surge)
+        if surge and not self._surge:
+            self.stats["surges"] += 1
+        self._surge = surge
+        self.broker.surge(surge)
 
     def _room(self) -> int:
         return self.capacity - len(self._running) - len(self._admitting)
