@@ -320,9 +320,10 @@ class GpuConsumer:
     def _start_early(self, candidate: Candidate[Any]) -> None:
         """Into the engine while its ADMIT is on the way, so the engine's first step overlaps
         the round trip to Redis (one job at a time, that round trip was ~1.4 ms of the ~6
-        ms genq added to the engine's latency on session 4's machine). Nothing of it is published unless ADMIT says
-        it runs here; any other answer aborts it in the engine, a step's work at most. Not a
-        crash suspect: one must not reach the engine unless it is admitted."""
+        ms genq added to the engine's latency on session 4's machine). Nothing of it is
+        published unless ADMIT says it runs here; any other answer aborts it in the engine,
+        a step's work at most. Not a crash suspect: one must not reach the engine unless it
+        is admitted."""
         delivery, message, rendered = candidate.payload
         if not crashes(delivery.headers):
             self._early[message.job_id] = EarlyStart(self.engine, self.ledger.redis, message,
@@ -446,9 +447,8 @@ class GpuConsumer:
         delivery, message, rendered = candidate.payload
         job_id = message.job_id
         cancelled = job_id in self._cancelled
-        self._cancelled.discard(job_id)
         if decision != "running" or cancelled:
-            self._abandon_early([candidate])
+            self._abandon_early([candidate])  # forgets the cancel too
         early = self._early.pop(job_id, None)
         if decision == "running" and cancelled:
             # Cancelled after ADMIT ran in Redis, before its reply came back: the cancel
