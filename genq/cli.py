@@ -311,6 +311,12 @@ def bench(
                                   help="Overload burst: per-level waits, overtakings."),
     seconds: float = typer.Option(20.0, "--seconds", help="--priority: burst length."),
     load: float = typer.Option(3.0, "--load", help="--priority: burst rate / capacity."),
+    serve: bool = typer.Option(False, "--serve", help=(
+        "`vllm bench serve` against genq gateway + worker, then vLLM's OpenAI server.")),
+    rate: float = typer.Option(float("inf"), "--rate", help="--serve: requests/s (inf: all "
+                               "at once)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1,
+                                          help="--serve: prompts per run (512)."),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
     _exit_cleanly_on_signals()
@@ -318,6 +324,10 @@ def bench(
     from producers.bench import Workload, run_bench
     size = "tiny" if quick else "bench"
     path = model or build_test_model(Path(f".genq/models/{size}"), size=size)
+    if serve:
+        _bench_serve(path, quick=quick, repeat=repeat, prompts=prompts or requests,
+                     max_tokens=max_tokens, rate=rate, json_path=json_path)
+        return
     defaults = (dict(requests=64, max_tokens=32, max_num_seqs=64, naive_requests=32, repeat=1,
                      max_model_len=512) if quick else {})
     overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
@@ -340,6 +350,22 @@ def bench(
             json_path.write_text(json.dumps(result, indent=2))
         return
     run_bench(workload, json_path=json_path)
+
+
+def _bench_serve(path: Path, *, quick: bool, repeat: Optional[int], prompts: Optional[int],
+                 max_tokens: Optional[int], rate: float, json_path: Optional[Path]) -> None:
+    from producers.bench.serve import ServeWorkload, run_serve_bench
+    from workers.cpu_dtype import engine_dtype
+
+    defaults: dict[str, Any] = (dict(prompts=64, output_len=32, repeat=1) if quick else {})
+    overrides = {k: v for k, v in dict(prompts=prompts, output_len=max_tokens,
+                                       repeat=repeat).items() if v is not None}
+    # Resolved here, once, as a genq worker resolves "auto", and given to both servers by
+    # name: the same engine behind each (vLLM's server alone would take bfloat16 on an x86
+    # CPU that only emulates it).
+    workload = ServeWorkload(model_path=path, rate=rate, dtype=engine_dtype("auto"),
+                             **{**defaults, **overrides})
+    run_serve_bench(workload, json_path=json_path, say=typer.echo)
 
 
 @app.command()

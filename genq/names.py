@@ -52,6 +52,8 @@ __all__ = [
     "batch_requests_key",
     "batch_lock_key",
     "tenant_batches_key",
+    "GATEWAY_WAKE_PREFIX",
+    "gateway_wake_key",
 ]
 
 # RabbitMQ --------------------------------------------------------------------------------
@@ -205,6 +207,10 @@ BATCH_LOCK_PREFIX = PREFIX + "batch-lock:"
 TENANT_FILES_PREFIX = PREFIX + "gw:files:"
 TENANT_BATCHES_PREFIX = PREFIX + "gw:batches:"
 
+GATEWAY_WAKE_PREFIX = PREFIX + "gw:wake:"
+"""A Stream per gateway process, written to wake its progress reader's blocked XREAD when a
+new stream opens (producers/gateway/streams.py); it expires soon after its last use."""
+
 
 def api_key_key(digest: str) -> str:
     return f"{API_KEY_PREFIX}{digest}"
@@ -242,3 +248,7 @@ def batch_lock_key(batch_id: str) -> str:
 def tenant_batches_key(tenant: str) -> str:
     """Sorted set of a tenant's batch IDs, by creation time."""
     return f"{TENANT_BATCHES_PREFIX}{tenant}"
+
+
+def gateway_wake_key(gateway_id: str) -> str:
+    return f"{GATEWAY_WAKE_PREFIX}{gateway_id}"

@@ -153,6 +153,13 @@ class GatewaySettings(ClientSettings):
     GET /v1/jobs/{id} has it; the ID is in the X-Genq-Job-Ids header)."""
     max_wait: float = Field(60.0, ge=0, le=3600)
     """Longest `wait` a GET /v1/jobs/{id} may ask for (a long poll), in seconds."""
+    max_waiting: int = Field(20_000, ge=1, le=1_000_000)
+    """Most requests one gateway process holds open waiting on jobs (completions, streams,
+    long polls); past it new ones get 503 with Retry-After before any job is accepted."""
+    gateway_redis_connections: int = Field(8, ge=2, le=1024)
+    """Connections in the gateway's Redis pool (requests wait for a free one). The gateway
+    holds at most this many plus 4, however many requests are open: see
+    producers/gateway/context.py."""
     default_priority: int = Field(0, ge=0, le=63)
     """Level of a job or completion that names none (body `priority` or X-Genq-Priority)."""
     batch_priority: int = Field(0, ge=0, le=63)

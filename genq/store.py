@@ -404,8 +404,8 @@ def decode_record(raw: Mapping[str, str]) -> JobRecord:
 class JobStore:
     """Client-side access to job records (synchronous; workers use `workers.ledger`)."""
 
-    def __init__(self, url: str, *, job_ttl: int) -> None:
-        self._redis = redis_from_url(url, decode_responses=True)
+    def __init__(self, url: str, *, job_ttl: int, client_name: str | None = None) -> None:
+        self._redis = redis_from_url(url, decode_responses=True, client_name=client_name)
         self._job_ttl = job_ttl
         self._cancel = self._redis.register_script(CANCEL)
         self._submit = self._redis.register_script(SUBMIT)

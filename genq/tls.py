@@ -29,7 +29,7 @@ from genq.errors import ValidationError
 from genq.settings import FleetSettings
 
 __all__ = ["TlsSettings", "celery_ssl", "pika_parameters", "redis_from_url",
-           "redis_ssl_kwargs", "ssl_context"]
+           "redis_pool_from_url", "redis_ssl_kwargs", "ssl_context"]
 
 
 class TlsSettings(Protocol):
@@ -42,6 +42,7 @@ class TlsSettings(Protocol):
 
 
 R = TypeVar("R")
+P = TypeVar("P")
 
 
 def _settings(settings: TlsSettings | None) -> TlsSettings:
@@ -96,6 +97,15 @@ def redis_from_url(url: str, settings: TlsSettings | None = None, *,
     if urlsplit(url).scheme == "rediss":
         kwargs = {**redis_ssl_kwargs(settings), **kwargs}
     return cls.from_url(url, **kwargs)  # type: ignore[no-any-return]
+
+
+def redis_pool_from_url(url: str, settings: TlsSettings | None = None, *,
+                        pool: type[P], **kwargs: Any) -> P:
+    """`pool.from_url(url, **kwargs)` (a redis-py connection pool class), with the
+    settings' TLS for a `rediss://` URL."""
+    if urlsplit(url).scheme == "rediss":
+        kwargs = {**redis_ssl_kwargs(settings), **kwargs}
+    return pool.from_url(url, **kwargs)  # type: ignore[attr-defined,no-any-return]
 
 
 def celery_ssl(broker_url: str, redis_url: str, settings: TlsSettings | None = None,

@@ -42,10 +42,13 @@ _POLL_MAX = 0.5
 class Client:
     """`Client()` reads `GENQ_*` settings; pass `settings=` or field overrides to change them."""
 
-    def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: ClientSettings | None = None, *,
+                 connection_name: str | None = None, **overrides: Any) -> None:
+        """`connection_name` names this client's Redis connections (CLIENT LIST)."""
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
-        self.store = JobStore(self.settings.redis_url, job_ttl=self.settings.job_ttl)
+        self.store = JobStore(self.settings.redis_url, job_ttl=self.settings.job_ttl,
+                              client_name=connection_name)
         self._demand = DemandCounter(self.store.redis, horizon=self.settings.fair_horizon)
         self._publisher = Publisher(
             self.settings.broker_url,

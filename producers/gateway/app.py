@@ -39,7 +39,7 @@ def create_app(settings: GatewaySettings | None = None, *, client: Client | None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        gw.waiter.start()
+        gw.start()
         try:
             yield
         finally:

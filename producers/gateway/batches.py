@@ -305,7 +305,7 @@ async def _cancel_unfinished(gw: Gateway, batches: BatchStore, batch_id: str) ->
     def cancel() -> None:
         for job_id in live:
             gw.client.cancel(job_id)
-    await run_in_threadpool(cancel)
+    await gw.call(cancel)
 
 
 async def _refresh(gw: Gateway, batches: BatchStore, files: FileStore, raw: dict[str, str],

@@ -12,11 +12,11 @@ client that hangs up gets its jobs cancelled: nobody is left to read them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 
 from producers.gateway.auth import Caller, caller
 from producers.gateway.context import Gateway, gateway_of
@@ -61,10 +61,9 @@ async def create_completion(request: Request, body: CompletionRequest,
     await gw.tokens.check(specs[::body.n], label="prompt")
     echo = [j["prompt"] for j in jobs[::body.n]] if body.echo else None
     if body.stream:
-        ids = await submit(gw, who, specs, api="completions")
-        return stream_response(gw, who, ids, kind="completion", model=body.model, n=body.n,
-                               include_usage=body.include_usage, echo_prompts=echo,
-                               headers=_ids_header(ids))
+        return await _stream(gw, who, specs, api="completions", kind="completion",
+                             model=body.model, n=body.n, include_usage=body.include_usage,
+                             echo_prompts=echo)
     ids, records = await _run(gw, request, who, specs, api="completions")
     return _answer(ids, completion_body(records, model=body.model, n=body.n, echo_prompts=echo))
 
@@ -80,10 +79,8 @@ async def create_chat_completion(request: Request, body: ChatRequest,
                      label="choices")
     await gw.tokens.check(specs[:1], label="messages")
     if body.stream:
-        ids = await submit(gw, who, specs, api="chat")
-        return stream_response(gw, who, ids, kind="chat", model=body.model, n=body.n,
-                               include_usage=body.include_usage, echo_prompts=None,
-                               headers=_ids_header(ids))
+        return await _stream(gw, who, specs, api="chat", kind="chat", model=body.model,
+                             n=body.n, include_usage=body.include_usage, echo_prompts=None)
     ids, records = await _run(gw, request, who, specs, api="chat")
     return _answer(ids, chat_body(records, model=body.model))
 
@@ -104,16 +101,49 @@ async def get_model(request: Request, model: str, _who: Annotated[Caller, Depend
     return model_body(model)
 
 
+async def _stream(gw: Gateway, who: Caller, specs: list[Any], *, api: str,
+                  kind: Literal["completion", "chat"], model: str, n: int,
+                  include_usage: bool, echo_prompts: list[str] | None) -> Response:
+    """Submit, then stream: the place in the gateway is taken before the jobs are accepted
+    and given back when the stream has ended, however it ends."""
+    gw.capacity.take()
+    try:
+        ids = await submit(gw, who, specs, api=api)
+    except BaseException:
+        gw.capacity.release()
+        raise
+    return stream_response(gw, who, ids, kind=kind, model=model, n=n,
+                           include_usage=include_usage, echo_prompts=echo_prompts,
+                           headers=_ids_header(ids), on_close=gw.capacity.release)
+
+
 async def _run(gw: Gateway, request: Request, who: Caller, specs: list[Any], *, api: str,
                ) -> tuple[list[str], list[Any]]:
+    gw.capacity.take()
+    try:
+        return await _submit_and_wait(gw, request, who, specs, api=api)
+    finally:
+        gw.capacity.release()
+
+
+async def _submit_and_wait(gw: Gateway, request: Request, who: Caller, specs: list[Any], *,
+                           api: str) -> tuple[list[str], list[Any]]:
     ids = await submit(gw, who, specs, api=api)
     timeout = gw.settings.completion_timeout
-    records, done = await gw.waiter.wait(ids, timeout=timeout, gone=request.is_disconnected)
+    try:
+        records, done = await gw.waiter.wait(ids, timeout=timeout,
+                                             gone=request.is_disconnected)
+    except RedisError as exc:
+        # Accepted already: say so, and where to find the jobs, not "nothing accepted".
+        raise ApiError(503, f"redis is unavailable: {exc}; jobs {', '.join(ids)} were "
+                            "accepted and go on: GET /v1/jobs/{id}",
+                       code="service_unavailable", type="server_error",
+                       headers={**_ids_header(ids), "Retry-After": "2"}) from None
     if not done:
         if await request.is_disconnected():
             for job_id, record in zip(ids, records):
                 if not record.done:
-                    await run_in_threadpool(gw.client.cancel, job_id)
+                    await gw.call(gw.client.cancel, job_id)
             gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id,
                            client=who.address, jobs=ids, reason="client disconnected")
         raise ApiError(504, f"jobs {', '.join(ids)} did not end within {timeout:g} s "

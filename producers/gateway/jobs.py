@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from genq.errors import NotFoundError
 from genq.schema import JobRecord, JobSpec
@@ -82,8 +81,12 @@ async def get_job(request: Request, job_id: str, who: Annotated[Caller, Depends(
                             "(GENQ_MAX_WAIT)", param="wait")
     record = _visible(who, job_id, (await gw.waiter.read([job_id]))[0])
     if wait and not record.done:
-        (record,), _ = await gw.waiter.wait([job_id], timeout=wait,
-                                            gone=request.is_disconnected)
+        gw.capacity.take()
+        try:
+            (record,), _ = await gw.waiter.wait([job_id], timeout=wait,
+                                                gone=request.is_disconnected)
+        finally:
+            gw.capacity.release()
     return record
 
 
@@ -94,7 +97,7 @@ async def cancel_job(request: Request, job_id: str,
     """Cancel a job."""
     gw = gateway_of(request)
     _visible(who, job_id, (await gw.waiter.read([job_id]))[0])
-    state = await run_in_threadpool(gw.client.cancel, job_id)
+    state = await gw.call(gw.client.cancel, job_id)
     gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id, client=who.address,
                    job=job_id, outcome=state)
     return Cancelled(id=job_id, state=state)

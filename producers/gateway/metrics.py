@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -31,7 +32,11 @@ class Metrics:
         self.jobs = Counter("genq_gateway_jobs_submitted", "Jobs accepted",
                             ["model", "api"], registry=self.registry)
         self.rejected = Counter("genq_gateway_backpressure_rejections",
-                                "Requests refused with 429", ["limit"], registry=self.registry)
+                                "Requests refused with 429 (a queue limit) or 503 (waiting)",
+                                ["limit"], registry=self.registry)
+        self.waiting = Gauge("genq_gateway_waiting_requests",
+                             "Requests held open waiting on jobs (completions, streams, "
+                             "long polls)", registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,8 +1,8 @@
 """Relaying streaming jobs: their text as the workers publish it, then their records.
 
 A streaming job's worker appends its text to a Redis Stream (`names.progress_key`, written
-by workers/progress.py); this reads the streams of a request's jobs with one XREAD BLOCK and
-yields each new piece. The record stays the source of truth: when a job ends, whatever its
+by workers/progress.py); the gateway's one stream reader (streams.py) reads every open
+response's streams with one XREAD, and this yields each new piece of a response's jobs. The record stays the source of truth: when a job ends, whatever its
 stream did not deliver (all of it, for a cached result or a single-flight follower, which
 run nowhere; the tail, if the stream was trimmed) comes from the record's text.
 
@@ -16,8 +16,9 @@ that is logged).
 
 A job ends with an `end: ok` entry just before its record is stored: the record is then
 awaited through the Waiter's result subscription. Jobs that end without one (failed,
-cancelled, cached, followers) are noticed by reading the records whenever XREAD waited
-`_BLOCK_MS` for nothing."""
+cancelled, cached, followers) are noticed by reading the records whenever nothing new came
+for `_IDLE` seconds. Redis failing meanwhile is waited out up to the deadline: the response
+has started, so the client hears of it only if it lasts."""
 
 from __future__ import annotations
 
@@ -26,21 +27,20 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from genq import names
 from genq.schema import JobRecord
+from producers.gateway.streams import StreamHub
 from producers.gateway.waiter import Waiter
 
 __all__ = ["Ended", "Piece", "relay"]
 
 log = logging.getLogger(__name__)
 
-# How long one XREAD waits for new entries before the records are read again: the latency
-# with which a job that ended without an `end` entry (a follower, a failure) is noticed.
-_BLOCK_MS = 1000
-# Entries read per XREAD: each is one worker flush (many tokens), so this rarely binds.
-_COUNT = 512
+# How long nothing new may come before the records are read again: the latency with which
+# a job that ended without an `end` entry (a follower, a failure) is noticed.
+_IDLE = 1.0
 # After an `end: ok` entry the record is stored within a round trip; wait this long at most.
 _END_WAIT = 5.0
 
@@ -62,7 +62,6 @@ class _Choice:
         self.index = index
         self.job_id = job_id
         self.key = names.progress_key(job_id)
-        self.last_id = "0-0"
         self.sent = ""
         self.diverged = False
 
@@ -90,46 +89,62 @@ class _Choice:
         return text[len(self.sent):]
 
 
-async def relay(redis: aioredis.Redis, waiter: Waiter, job_ids: list[str], *,
+async def relay(hub: StreamHub, waiter: Waiter, job_ids: list[str], *,
                 deadline: float) -> AsyncIterator[Piece | Ended]:
     """Pieces of text as the jobs produce them, and each job's record once it ended (after
     its last piece). Ends when every job has ended; `TimeoutError` past `deadline` (a
     `time.monotonic()` value). Nothing here waits long, so the deadline is kept to within a
     round trip, without timing out the consumer's own awaits between pieces."""
     pending = {c.key: c for c in (_Choice(i, job_id) for i, job_id in enumerate(job_ids))}
-    check = True
-    while pending:
-        if check:
-            choices = list(pending.values())
-            for choice, record in zip(choices, await waiter.read([c.job_id for c in choices])):
-                if record.done:
+    tap = hub.open(list(pending))
+    try:
+        check = True
+        while pending:
+            if check:
+                try:
+                    ended = await _ended(waiter, list(pending.values()))
+                except RedisError as exc:
+                    log.warning("relay: reading records failed (%s); retrying", exc)
+                    ended = []
+                for choice, record in ended:
                     rest = choice.rest(record) if record.text else ""
                     if rest:
                         yield Piece(choice.index, rest)
                     del pending[choice.key]
+                    hub.close(tap, [choice.key])
                     yield Ended(choice.index, record)
-            if not pending:
-                return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        reply = await redis.xread({k: c.last_id for k, c in pending.items()},
-                                  count=_COUNT, block=max(1, min(_BLOCK_MS, int(left * 1000))))
-        check = not reply
-        ending: list[str] = []
-        for key, entries in reply or ():
-            choice = pending[key]
-            for entry_id, fields in entries:
-                choice.last_id = entry_id
-                if "end" in fields:
-                    # ok: the record is being stored. error: that attempt gave nothing; the
-                    # record says whether the job failed or another attempt follows.
-                    if fields["end"] == "ok":
-                        ending.append(choice.job_id)
-                    check = True
+                if not pending:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            reply = await tap.take(min(_IDLE, left))
+            check = not reply
+            ending: list[str] = []
+            for key, entries in reply:
+                choice = pending.get(key)
+                if choice is None:
                     continue
-                new = choice.take(int(fields["o"]), fields["t"])
-                if new:
-                    yield Piece(choice.index, new)
-        if ending:
-            await waiter.wait(ending, timeout=min(_END_WAIT, max(0.0, left)))
+                for _entry_id, fields in entries:
+                    if "end" in fields:
+                        # ok: the record is being stored. error: that attempt gave nothing;
+                        # the record says whether the job failed or another attempt follows.
+                        if fields["end"] == "ok":
+                            ending.append(choice.job_id)
+                        check = True
+                        continue
+                    new = choice.take(int(fields["o"]), fields["t"])
+                    if new:
+                        yield Piece(choice.index, new)
+            if ending:
+                try:
+                    await waiter.wait(ending, timeout=min(_END_WAIT, max(0.0, left)))
+                except RedisError as exc:
+                    log.warning("relay: waiting for records failed (%s); retrying", exc)
+    finally:
+        hub.close(tap)
+
+
+async def _ended(waiter: Waiter, choices: list[_Choice]) -> list[tuple[_Choice, JobRecord]]:
+    records = await waiter.read([c.job_id for c in choices])
+    return [(c, r) for c, r in zip(choices, records) if r.done]

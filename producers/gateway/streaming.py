@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import anyio
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 
 from genq.errors import GenqError
 from genq.schema import JobRecord, JobState
@@ -36,7 +36,9 @@ __all__ = ["stream_response"]
 def stream_response(gw: Gateway, who: Caller, ids: list[str], *,
                     kind: Literal["completion", "chat"], model: str, n: int,
                     include_usage: bool, echo_prompts: list[str] | None,
-                    headers: dict[str, str]) -> StreamingResponse:
+                    headers: dict[str, str],
+                    on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    """The response; `on_close` runs once it has ended, however it ended."""
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     writer = ChunkWriter(kind=kind, id=f"{prefix}-{ids[0]}", model=model,
                          created=int(time.time()), include_usage=include_usage)
@@ -44,9 +46,14 @@ def stream_response(gw: Gateway, who: Caller, ids: list[str], *,
     body = _events(gw, ids, writer, state, n=n, echo_prompts=echo_prompts)
 
     async def close() -> None:
-        await body.aclose()
-        if state.cancel_rest and len(state.records) < len(ids):
-            await _abandon(gw, who, [job for k, job in enumerate(ids) if k not in state.records])
+        try:
+            await body.aclose()
+            if state.cancel_rest and len(state.records) < len(ids):
+                await _abandon(gw, who,
+                               [job for k, job in enumerate(ids) if k not in state.records])
+        finally:
+            if on_close is not None:
+                on_close()
 
     # No buffering anywhere on the way: a proxy that holds the events defeats streaming.
     return _EventStream(body, close, headers={
@@ -93,7 +100,7 @@ async def _events(gw: Gateway, ids: list[str], writer: ChunkWriter, state: _Stat
         for index in range(len(ids)):
             yield writer.text(index, echo_prompts[index // n])
     try:
-        async for event in relay(gw.redis, gw.waiter, ids,
+        async for event in relay(gw.streams, gw.waiter, ids,
                                  deadline=time.monotonic() + timeout):
             if isinstance(event, Piece):
                 yield writer.text(event.index, event.text)
@@ -110,7 +117,7 @@ async def _events(gw: Gateway, ids: list[str], writer: ChunkWriter, state: _Stat
                                    "(GENQ_COMPLETION_TIMEOUT); they go on: GET /v1/jobs/{id}",
                               code="timeout", type="server_error"))
         return
-    except GenqError as exc:  # a record gone (expired) or Redis failing mid-stream
+    except (GenqError, RedisError) as exc:  # a record gone (expired), or Redis failing
         yield _error(ApiError(500, f"stream interrupted: {exc}", type="server_error"))
         return
     if writer.include_usage:
@@ -126,7 +133,7 @@ async def _abandon(gw: Gateway, who: Caller, job_ids: list[str]) -> None:
     """Cancel jobs the client no longer waits for (it hung up, or the stream failed)."""
     for job_id in job_ids:
         try:
-            await run_in_threadpool(gw.client.cancel, job_id)
+            await gw.call(gw.client.cancel, job_id)
         except GenqError:  # already gone: nothing to cancel
             pass
     gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id, client=who.address,

@@ -14,9 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
-from starlette.concurrency import run_in_threadpool
 
-from genq.errors import BrokerError, GenqError, PublishError, StoreError, ValidationError
+from genq.errors import (
+    BrokerError,
+    GenqError,
+    PublishError,
+    StoreError,
+    ValidationError,
+)
 from genq.schema import JobSpec, parse_spec
 from producers.gateway.auth import Caller
 from producers.gateway.context import Gateway
@@ -72,14 +77,14 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
     try:
         if check_limits:
             await gw.limits.admit(caller.tenant, dict(per_model))
-        ids = await run_in_threadpool(gw.client.submit_many, specs)
+        ids = await gw.batcher.submit(specs)
     except PublishError as exc:
         # Some may have been accepted before the broker failed. The caller hears "not
         # accepted" and will retry, so those must not run too: cancel them, except the ones
         # with an idempotency key, which the retry finds again and so runs once.
         accepted = doomed_by_retry(specs, exc)
         if accepted:
-            await run_in_threadpool(_cancel_all, gw, accepted)
+            await gw.call(_cancel_all, gw, accepted)
             gw.audit.write("job.cancel", tenant=caller.tenant, key=caller.key_id,
                            client=caller.address, jobs=accepted,
                            reason="the rest of the request was not published")
