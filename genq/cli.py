@@ -352,14 +352,14 @@ def bench(
     run_bench(workload, json_path=json_path)
 
 
-def _bench_serve(path: Path, *, quick: bool, repeat: Optional[int], prompts: Optional[int],
-                 max_tokens: Optional[int], rate: float, json_path: Optional[Path]) -> None:
+def _bench_serve(path: Path, *, quick: bool, repeat: int | None, prompts: int | None,
+                 max_tokens: int | None, rate: float, json_path: Path | None) -> None:
     from producers.bench.serve import ServeWorkload, run_serve_bench
     from workers.cpu_dtype import engine_dtype
 
-    defaults: dict[str, Any] = (dict(prompts=64, output_len=32, repeat=1) if quick else {})
-    overrides = {k: v for k, v in dict(prompts=prompts, output_len=max_tokens,
-                                       repeat=repeat).items() if v is not None}
+    defaults: dict[str, Any] = {"prompts": 64, "output_len": 32, "repeat": 1} if quick else {}
+    overrides = {k: v for k, v in {"prompts": prompts, "output_len": max_tokens,
+                                   "repeat": repeat}.items() if v is not None}
     # Resolved here, once, as a genq worker resolves "auto", and given to both servers by
     # name: the same engine behind each (vLLM's server alone would take bfloat16 on an x86
     # CPU that only emulates it).
