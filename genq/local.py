@@ -18,7 +18,7 @@ import redis
 from genq import names
 from genq.settings import FleetSettings
 
-__all__ = ["FlowerProcess", "WorkerProcess", "free_port", "wait_for"]
+__all__ = ["FlowerProcess", "GatewayProcess", "WorkerProcess", "free_port", "wait_for"]
 
 # vLLM on CPU takes ~30 s to start the tiny model eagerly, minutes with torch.compile.
 WORKER_START_TIMEOUT = 300.0
@@ -147,4 +147,50 @@ class FlowerProcess:
         if self.proc is not None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(30)
+            self._log.close()
+
+
+class GatewayProcess:
+    """`genq gateway` as a subprocess, as a user starts it (one process: its own cores and
+    file descriptors, apart from whoever loads it)."""
+
+    def __init__(self, *, env: dict[str, str], port: int, log_dir: Path,
+                 log_level: str = "warning") -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_dir / f"gateway-{port}.log"
+        self.args = [sys.executable, "-m", "genq.cli", "gateway", "--port", str(port),
+                     "--log-level", log_level]
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.name = ""
+        """Its Redis connections' name (CLIENT LIST), from /healthz."""
+
+    def start(self) -> GatewayProcess:
+        import requests
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited; log: {self.log_path}")
+            try:
+                reply = requests.get(f"{self.url}/healthz", timeout=2)
+            except requests.RequestException:
+                return False
+            if reply.status_code == 200:
+                self.name = reply.json()["gateway"]
+            return reply.status_code == 200
+        wait_for(up, timeout=60, what="the gateway to answer", interval=0.3)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
             self._log.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import resource
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -47,8 +48,17 @@ def serve(host: Optional[str] = None, port: Optional[int] = None, *,
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         typer.echo(f"genq: {field}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
+    _raise_file_limit()
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_level=log_level, proxy_headers=False)
+
+
+def _raise_file_limit() -> None:
+    """Every open request is a socket: lift the soft limit on open files to the hard one
+    (often 1,024 by default, which a few hundred streaming clients and their jobs reach)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard and hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _store() -> tuple[KeyStore, AuditLog]:

@@ -104,6 +104,7 @@ class Gateway:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
 
     def start(self) -> None:
+        self.tokens.preload()
         self.waiter.start()
         self.streams.start()
         self.batcher.start()

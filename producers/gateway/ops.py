@@ -25,7 +25,8 @@ _CHECK_TIMEOUT = 3.0
 
 @router.get("/healthz", responses={503: {"description": "The broker or Redis is down"}})
 async def healthz(request: Request) -> JSONResponse:
-    """200 when both RabbitMQ and Redis answer now, else 503 naming what is down."""
+    """200 when both RabbitMQ and Redis answer now, else 503 naming what is down; `gateway`
+    is this process's name, which its Redis connections carry (CLIENT LIST)."""
     gw = gateway_of(request)
     checks: dict[str, Any] = {}
     try:
@@ -40,7 +41,8 @@ async def healthz(request: Request) -> JSONResponse:
     except (BrokerError, asyncio.TimeoutError) as exc:
         checks["rabbitmq"] = f"down: {exc!r}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
+    return JSONResponse({"status": "ok" if ok else "unavailable", **checks,
+                         "gateway": gw.name},
                         status_code=200 if ok else 503)
 
 

@@ -18,6 +18,7 @@ error must not fail the batch): the engine refuses them line by line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,12 @@ class PromptTokens:
         self._redis = redis
         self._models: dict[str, _ModelInfo] = {}
         self._tokenizers: dict[str, Any] = {}
+        self._looking: dict[str, asyncio.Future[_ModelInfo]] = {}
+
+    def preload(self) -> None:
+        """Import transformers in the background now (seconds of CPU), rather than under the
+        first burst of requests, which would all wait for it."""
+        asyncio.get_running_loop().run_in_executor(None, _import_tokenizers)
 
     async def check(self, specs: Sequence[JobSpec], *, label: str = "jobs") -> None:
         """422 naming the limit if a job's prompt has more tokens than the model takes."""
@@ -88,6 +95,17 @@ class PromptTokens:
         info = self._models.get(model)
         if info is not None and time.monotonic() - info.at < _INFO_TTL:
             return info
+        # One look per model at a time: a burst of requests for a model not yet known would
+        # otherwise each scan the heartbeats and load the tokenizer (importing transformers
+        # from many threads at once fails).
+        task = self._looking.get(model)
+        if task is None:
+            task = asyncio.ensure_future(self._look(model))
+            self._looking[model] = task
+            task.add_done_callback(lambda _t: self._looking.pop(model, None))
+        return await asyncio.shield(task)
+
+    async def _look(self, model: str) -> _ModelInfo:
         advertised, context = await self._advertised(model)
         source = self._settings.tokenizers.get(model) or advertised
         tokenizer = await self._tokenizer(source) if source else None
@@ -116,6 +134,14 @@ class PromptTokens:
             if tokenizer is not None:
                 self._tokenizers[source] = tokenizer
         return tokenizer
+
+
+def _import_tokenizers() -> None:
+    try:
+        from transformers import AutoTokenizer  # noqa: F401 - imported for its side effect
+    except ImportError as exc:
+        log.warning("transformers is not importable (%s): prompt tokens are left to the "
+                    "engine to count", exc)
 
 
 def _load(source: str) -> Any | None:
