@@ -39,7 +39,7 @@ from workers.courier import Courier, crashes
 from workers.engine import Engine, Generation
 from workers.events import TaskEvents
 from workers.ledger import Ledger
-from workers.progress import EarlyStart, generate
+from workers.progress import EarlyStart, Progress, generate
 
 __all__ = ["EXIT_ENGINE_DEAD", "GpuConsumer"]
 
@@ -169,6 +169,7 @@ class GpuConsumer:
         self.capacity = self.engine.max_num_seqs + self.settings.admit_headroom
         self.ledger = Ledger(self.settings.redis_url, job_ttl=self.settings.job_ttl,
                              lease_seconds=self.settings.lease_seconds, worker=self.hostname)
+        self.progress = Progress(self.ledger.redis)
         self.events = TaskEvents(self._app, self.hostname)
         self.events.start()
         self.broker = BrokerLink(
@@ -210,6 +211,7 @@ class GpuConsumer:
         for task in background:
             task.cancel()
         await asyncio.wait(background, timeout=_CANCEL_WAIT_SECONDS)
+        await self.progress.stop()
         self.broker.stop()  # held, unacked messages go back to their queues
         self.events.stop()
         try:
@@ -326,7 +328,7 @@ class GpuConsumer:
         is admitted."""
         delivery, message, rendered = candidate.payload
         if not crashes(delivery.headers):
-            self._early[message.job_id] = EarlyStart(self.engine, self.ledger.redis, message,
+            self._early[message.job_id] = EarlyStart(self.engine, self.progress, message,
                                                      prompt=rendered)
 
     def _abandon_early(self, batch: list[Candidate[Any]]) -> None:
@@ -488,7 +490,7 @@ class GpuConsumer:
         job_id = message.job_id
         attempt = message.attempts + 1
         try:
-            generation = await (running.early or generate(self.engine, self.ledger.redis,
+            generation = await (running.early or generate(self.engine, self.progress,
                                                           message, prompt=running.prompt))
         except asyncio.CancelledError:
             if running.cancel_requested:

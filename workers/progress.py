@@ -5,9 +5,10 @@ relays to its client as server-sent events. A Stream rather than pub/sub, so a g
 starts reading late still gets the beginning. Every other job takes the engine's cheap path
 and publishes nothing.
 
-Writes are batched by the round trip: pieces that arrive while one XADD is in flight go out
-together in the next, so a job costs one Redis write per round trip, not per token, however
-fast the engine runs. The final `end` entry is written before the consumer stores the
+Writes are batched by the round trip, across jobs: pieces that arrive while one write is in
+flight go out together in the next, one pipeline for every streaming job of the worker, so
+streaming costs one Redis round trip per round, not one per job or per token, however many
+jobs stream and however fast the engine runs. The final `end` entry is written before the consumer stores the
 result, so a reader that sees it knows the record is about to say the rest.
 
 Progress is best effort: the record is the result. A Redis error here is logged and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -26,7 +28,7 @@ from genq import names
 from genq.protocol import TaskMessage
 from workers.engine import Engine, Generation
 
-__all__ = ["EarlyStart", "generate"]
+__all__ = ["EarlyStart", "Progress", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,9 @@ _TTL_SECONDS = 600
 # that finds a gap takes the text from the final record instead.
 _MAX_ENTRIES = 8192
 
-# Flushers of jobs that ended without a result, left to drain: the loop holds tasks weakly.
-_draining: set[asyncio.Task[None]] = set()
 
 
-async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage, *,
+async def generate(engine: Engine, progress: Progress, message: TaskMessage, *,
                    prompt: Awaitable[Any] | None = None,
                    admitted: Awaitable[bool] | None = None) -> Generation:
     """`engine.generate` for the job in `message` (with its prompt already being rendered,
@@ -50,32 +50,28 @@ async def generate(engine: Engine, redis: aioredis.Redis, message: TaskMessage, 
     nothing is published before it says True, and nothing at all if it says False."""
     if not message.spec.stream:
         return await engine.generate(message.job_id, message.spec, prompt=prompt)
-    writer = _Writer(redis, message.job_id, attempt=message.attempts + 1, admitted=admitted)
-    flusher = asyncio.create_task(writer.run(), name=f"progress-{message.job_id}")
+    stream = progress.open(message.job_id, attempt=message.attempts + 1, admitted=admitted)
     ok = False
     try:
-        generation = await engine.generate(message.job_id, message.spec, on_delta=writer.add,
+        generation = await engine.generate(message.job_id, message.spec, on_delta=stream.add,
                                            prompt=prompt)
         ok = True
         return generation
     finally:
-        writer.close(ok)
+        stream.close(ok)
         if ok:  # the end entry must be in before the result is stored
-            await flusher
-        else:  # cancelled or failed: nothing waits on it, let it drain on its own
-            _draining.add(flusher)
-            flusher.add_done_callback(_draining.discard)
+            await stream.ended
 
 
 class EarlyStart:
     """A job in the engine while its admission is still being decided (see the consumer's
     admission loop): `generate` under a gate that `admit` or `abandon` settles once."""
 
-    def __init__(self, engine: Engine, redis: aioredis.Redis, message: TaskMessage, *,
+    def __init__(self, engine: Engine, progress: Progress, message: TaskMessage, *,
                  prompt: Awaitable[Any] | None) -> None:
         self._gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(
-            generate(engine, redis, message, prompt=prompt, admitted=self._gate),
+            generate(engine, progress, message, prompt=prompt, admitted=self._gate),
             name=f"early-{message.job_id}")
 
     def admit(self) -> asyncio.Task[Generation]:
@@ -92,42 +88,97 @@ class EarlyStart:
         self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-class _Writer:
-    def __init__(self, redis: aioredis.Redis, job_id: str, *, attempt: int,
-                 admitted: Awaitable[bool] | None = None) -> None:
+class Progress:
+    """The one writer of a worker's progress streams: whatever every streaming job produced
+    while the last write was out goes in the next, as one pipeline. With a writer per job,
+    a full engine of streaming jobs cost a pipeline per job per engine step (hundreds per
+    step), on the core the engine's own frontend needs."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._admitted = admitted
+        self._due: dict[_Stream, None] = {}
+        """Streams with something to write, in the order they asked (an ordered set)."""
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def open(self, job_id: str, *, attempt: int,
+             admitted: Awaitable[bool] | None = None) -> _Stream:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="progress")
+        return _Stream(self, job_id, attempt=attempt, admitted=admitted)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def due(self, stream: _Stream) -> None:
+        self._due[stream] = None
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            streams, self._due = list(self._due), {}
+            now = time.monotonic()
+            pipe = self._redis.pipeline(transaction=False)
+            ending = [s for s in streams if s.write_into(pipe, now)]
+            try:
+                await pipe.execute()
+            except Exception as exc:  # Redis away: the records still get the results
+                log.warning("progress of %d streams not published: %r", len(streams), exc)
+            for stream in ending:
+                stream.finish()
+
+
+class _Stream:
+    """One job's progress: its pieces wait here for the writer's next round."""
+
+    def __init__(self, progress: Progress, job_id: str, *, attempt: int,
+                 admitted: Awaitable[bool] | None) -> None:
+        self._progress = progress
         self._key = names.progress_key(job_id)
         self._attempt = str(attempt)
         self._pending: list[str] = []
         self._offset = 0
         self._end: str | None = None
-        self._wake = asyncio.Event()
+        self._expires_at = 0.0
+        self._open = admitted is None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the `end` entry is written (or nothing will be: not admitted)."""
+        if admitted is not None:
+            self._gate = asyncio.ensure_future(self._await_gate(admitted))
+
+    async def _await_gate(self, admitted: Awaitable[bool]) -> None:
+        if await admitted:
+            self._open = True
+            if self._pending or self._end is not None:
+                self._progress.due(self)
+        else:  # another worker runs it, or nobody: its stream is not this job's
+            self._pending = []
+            self.finish()
 
     def add(self, piece: str) -> None:
         self._pending.append(piece)
-        self._wake.set()
+        if self._open:
+            self._progress.due(self)
 
     def close(self, ok: bool) -> None:
         self._end = "ok" if ok else "error"
-        self._wake.set()
+        if self._open:
+            self._progress.due(self)
 
-    async def run(self) -> None:
-        if self._admitted is not None and not await self._admitted:
-            return  # another worker runs it, or nobody: its stream is not this job's
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            end, pieces, self._pending = self._end, self._pending, []
-            try:
-                await self._write(pieces, end)
-            except Exception as exc:  # Redis away: the record still gets the result
-                log.warning("progress of %s not published: %r", self._key, exc)
-            if end is not None:
-                return
+    def finish(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
 
-    async def _write(self, pieces: list[str], end: str | None) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+    def write_into(self, pipe: Any, now: float) -> bool:
+        """Queue what is pending on `pipe`; whether that includes the end."""
+        pieces, self._pending, end = self._pending, [], self._end
         if pieces:
             text = "".join(pieces)
             fields: dict[Any, Any] = {"a": self._attempt, "o": self._offset, "t": text}
@@ -136,5 +187,8 @@ class _Writer:
         if end is not None:
             pipe.xadd(self._key, {"a": self._attempt, "end": end}, maxlen=_MAX_ENTRIES,
                       approximate=True)
-        pipe.expire(self._key, _TTL_SECONDS)
-        await pipe.execute()
+        # The TTL is renewed at the first write, the end, and once in a while between.
+        if end is not None or now >= self._expires_at:
+            pipe.expire(self._key, _TTL_SECONDS)
+            self._expires_at = now + _TTL_SECONDS / 10
+        return end is not None
