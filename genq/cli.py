@@ -357,7 +357,8 @@ def _bench_serve(path: Path, *, quick: bool, repeat: int | None, prompts: int | 
     from producers.bench.serve import ServeWorkload, run_serve_bench
     from workers.cpu_dtype import engine_dtype
 
-    defaults: dict[str, Any] = {"prompts": 64, "output_len": 32, "repeat": 1} if quick else {}
+    defaults: dict[str, Any] = ({"prompts": 64, "output_len": 32, "repeat": 1,
+                                 "long_polls": 200, "burst": 64} if quick else {})
     overrides = {k: v for k, v in {"prompts": prompts, "output_len": max_tokens,
                                    "repeat": repeat}.items() if v is not None}
     # Resolved here, once, as a genq worker resolves "auto", and given to both servers by

@@ -50,8 +50,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from genq.local import WorkerProcess, free_port, wait_for
+from genq.local import GatewayProcess, WorkerProcess, free_port, wait_for
 from genq.settings import ClientSettings
+from producers.bench.longpoll import accept_burst, long_polls
 from producers.queues import purge_model
 
 __all__ = ["ServeWorkload", "run_serve_bench"]
@@ -81,6 +82,11 @@ class ServeWorkload:
     max_num_seqs: int = 256
     max_model_len: int = 1024
     dtype: str = "auto"
+    long_polls: int = 2000
+    """Jobs long-polled at once through genq's gateway after its load (0: none, and no
+    burst either)."""
+    burst: int = 512
+    """Single-job submissions sent to genq's gateway at once, timed until all are accepted."""
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,31 +159,23 @@ class GenqServer:
                  log_dir: Path) -> None:
         self.model = model
         env = {**env, "GENQ_MODELS": model}
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        log = log_dir / f"gateway-{time.monotonic_ns()}.log"
-        self._log = log.open("ab")
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway = GatewayProcess(env=env, port=free_port(), log_dir=log_dir)
+        self.base_url = self.gateway.url
         self.worker = WorkerProcess(
             model_path=workload.model_path, model_name=model, env=env, log_dir=log_dir,
             max_num_seqs=workload.max_num_seqs, max_model_len=workload.max_model_len,
             extra=["--dtype", workload.dtype], name="serve")
         try:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "genq.cli", "gateway", "--port", str(port)],
-                env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-            self.worker.start()  # the gateway starts meanwhile
-            _wait_http(f"{self.base_url}/healthz", self.gateway, log, "genq gateway's /healthz")
+            self.gateway.start()
+            self.worker.start()
             _warm_up(self.base_url, model)
         except BaseException:  # nobody else holds the processes yet to stop them
             self.stop()
             raise
 
     def stop(self) -> None:
-        if self.gateway is not None:
-            _stop_session(self.gateway, patience=30)
+        self.gateway.stop()
         self.worker.stop()
-        self._log.close()
         s = ClientSettings()
         purge_model(s.broker_url, self.model, s.levels, delete=True)
 
@@ -270,7 +268,12 @@ def run_serve_bench(workload: ServeWorkload, *, json_path: Path | None,
                 stack.callback(server.stop)
                 pair[side] = _load(server, workload, model=model, env=env,
                                    out=logs / f"{side}-{r + 1}.json")
-            say(f"pair {r + 1}/{workload.repeat}: {_side(side, pair[side])}")
+                say(f"pair {r + 1}/{workload.repeat}: {_side(side, pair[side])}")
+                if side == "genq" and workload.long_polls:
+                    pair["burst"] = accept_burst(server.base_url, model, n=workload.burst)
+                    pair["long_polls"] = long_polls(server.base_url, model,
+                                                    n=workload.long_polls)
+                    say(f"pair {r + 1}/{workload.repeat}: {_polls(pair)}")
         pair["genq_over_vllm"] = _ratio(pair["genq"], pair["vllm"])
         results["pairs"].append(pair)
         say(f"pair {r + 1}/{workload.repeat}: genq / vLLM output throughput "
@@ -280,6 +283,13 @@ def run_serve_bench(workload: ServeWorkload, *, json_path: Path | None,
         results[side] = {k: statistics.median(p[side][k] for p in pairs)
                          for k in _FIGURES}
     results["genq_over_vllm"] = statistics.median(p["genq_over_vllm"] for p in pairs)
+    if workload.long_polls:
+        # The worst pair: a failed poll or a refused submission in any run is a failure.
+        results["long_polls"] = max((p["long_polls"] for p in pairs),
+                                    key=lambda lp: (lp["failed"], -lp["ended"]))
+        results["burst"] = {"burst": workload.burst,
+                            "accepted": min(p["burst"]["accepted"] for p in pairs),
+                            "seconds": statistics.median(p["burst"]["seconds"] for p in pairs)}
     say(_table(results))
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2))
@@ -298,4 +308,13 @@ def _table(r: dict[str, Any]) -> str:
             f"{w['output_len']} out, rate {w['rate']}, median of {len(r['pairs'])} pair(s)")
     rows = [head, _side("genq", r["genq"]), _side("vLLM", r["vllm"]),
             f"genq / vLLM output throughput: {r['genq_over_vllm']:.3f}"]
+    if "long_polls" in r:
+        rows.append(f"genq {_polls(r)} (worst pair; burst: median)")
     return "\n".join(rows)
+
+
+def _polls(r: dict[str, Any]) -> str:
+    lp, b = r["long_polls"], r["burst"]
+    return (f"burst of {b['burst']} submissions: {b['accepted']} accepted in "
+            f"{b['seconds'] * 1000:.0f} ms; long polls: {lp['long_polls']} at once, "
+            f"{lp['ended']} ended, {lp['failed']} failed, in {lp['seconds']:.1f} s")

@@ -118,7 +118,12 @@ class Waiter:
         try:
             for job_id, record in zip(job_ids, await self.read(job_ids)):
                 watch.records[job_id] = _newer(watch.records[job_id], record)
-            while not watch.done():
+            while True:
+                # Cleared before looking: a delivery while `gone()` is awaited below sets it
+                # again, and the wait returns at once instead of missing it.
+                watch.event.clear()
+                if watch.done():
+                    return self._records(watch, job_ids), True
                 if watch.missing is not None:
                     raise NotFoundError(f"job {watch.missing}: not found")
                 left = deadline - time.monotonic()
@@ -129,12 +134,10 @@ class Waiter:
                     for record in fresh:
                         watch.records[record.id] = _newer(watch.records[record.id], record)
                     return self._records(watch, job_ids), watch.done()
-                watch.event.clear()
                 try:
                     await asyncio.wait_for(watch.event.wait(), min(left, _SWEEP))
                 except asyncio.TimeoutError:
                     pass
-            return self._records(watch, job_ids), True
         finally:
             for job_id in job_ids:
                 watches = self._watches.get(job_id)

@@ -37,6 +37,10 @@ def test_bench_serve_quick_completes_every_request_on_both_sides(
         assert figures["total_output_tokens"] == 64 * 32, side
         assert figures["output_throughput"] > 0
         assert 0 < figures["median_ttft_ms"] <= figures["p99_ttft_ms"]
+    # Every long poll through the gateway answered 200 with its job ended.
+    polls = result["long_polls"]
+    assert (polls["long_polls"], polls["ended"], polls["failed"]) == (200, 200, 0), polls
+    assert result["burst"]["accepted"] == 64 and result["burst"]["seconds"] > 0
     assert result["genq_over_vllm"] == pytest.approx(
         result["genq"]["output_throughput"] / result["vllm"]["output_throughput"])
     assert "genq / vLLM output throughput" in done.stdout
