@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from genq import names
 from genq.protocol import TaskMessage
+from genq.tasks import stop_tasks
 from workers.engine import Engine, Generation
 
 __all__ = ["EarlyStart", "Progress", "generate"]
@@ -108,12 +109,7 @@ class Progress:
         return _Stream(self, job_id, attempt=attempt, admitted=admitted)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
 
     def due(self, stream: _Stream) -> None:
         self._due[stream] = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from genq.errors import PublishError
 from genq.schema import JobSpec
+from genq.tasks import stop_tasks
 
 __all__ = ["Batcher"]
 
@@ -57,12 +58,7 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
         for request in self._pending:
             if not request.future.done():
                 request.future.cancel()

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from genq import names
+from genq.tasks import stop_tasks
 
 __all__ = ["StreamHub", "Tap"]
 
@@ -76,12 +77,7 @@ class StreamHub:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
         await self._reader.aclose()
 
     @property

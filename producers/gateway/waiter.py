@@ -33,6 +33,7 @@ from genq import names
 from genq.errors import NotFoundError
 from genq.schema import TERMINAL_STATES, JobRecord
 from genq.store import decode_record
+from genq.tasks import stop_tasks
 
 __all__ = ["Waiter"]
 
@@ -81,13 +82,7 @@ class Waiter:
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._reader())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(*self._tasks)
         for read in self._reads:
             if not read.future.done():
                 read.future.set_exception(RedisError("the gateway is stopping"))

@@ -85,7 +85,11 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
                                ignore_eos=True)
         attempts_after_death = []
         for death in range(1, MAX_ATTEMPTS + 1):
-            worker = make_worker(model_name=model, max_num_seqs=8, env=ENV,
+            # A lease of 3 s could run out while a loaded machine's dying worker records
+            # the failure, and the reaper's "lease expired" would be the error; the worker's
+            # own account is what is tested here.
+            worker = make_worker(model_name=model, max_num_seqs=8,
+                                 env={**ENV, "GENQ_LEASE_SECONDS": "20"},
                                  max_model_len=2048, name=f"poisoned{death}")
             wait_for(lambda: (r := client.status(poison)).state is JobState.RUNNING
                      and r.worker == worker.hostname,
