@@ -40,17 +40,28 @@ class BrokerProbe:
 
     def depth(self, model: str) -> int:
         """Ready messages in all of `model`'s level queues (at most `ttl` seconds old)."""
-        cached = self._depths.get(model)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
+        cached = self._fresh(model)
+        if cached is not None:
+            return cached
         total = 0
         with self._lock:
+            # Looked at again under the lock: the threads of a burst that all found it stale
+            # wait here for the first one's reading instead of each taking their own.
+            cached = self._fresh(model)
+            if cached is not None:
+                return cached
+            now = time.monotonic()
             for level in range(self._levels):
                 queue = names.level_queue(model, level)
                 total += int(self._call(lambda q=queue: self._count(q)))
-        self._depths[model] = (now, total)
+            self._depths[model] = (now, total)
         return total
+
+    def _fresh(self, model: str) -> int | None:
+        cached = self._depths.get(model)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        return None
 
     def ping(self) -> None:
         """Raise `BrokerError` unless the broker answers a round trip now."""
