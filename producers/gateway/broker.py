@@ -57,6 +57,10 @@ class BrokerProbe:
             self._depths[model] = (now, total)
         return total
 
+    def cached_depth(self, model: str) -> int | None:
+        """The depth if a reading at most `ttl` seconds old is at hand (no I/O), else None."""
+        return self._fresh(model)
+
     def _fresh(self, model: str) -> int | None:
         cached = self._depths.get(model)
         if cached is not None and time.monotonic() - cached[0] < self._ttl:

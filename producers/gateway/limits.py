@@ -18,10 +18,13 @@ what they carry. Jobs the Python client submits count for the model, not for the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from genq import names
@@ -33,6 +36,8 @@ from producers.gateway.errors import ApiError
 from producers.gateway.metrics import Metrics
 
 __all__ = ["Backpressure"]
+
+log = logging.getLogger(__name__)
 
 # Job states read per pipeline while pruning: big enough to be one round trip for most
 # tenants, small enough not to stall Redis.
@@ -56,6 +61,9 @@ class Backpressure:
         self._broker = broker
         self._metrics = metrics
         self._pruned: dict[str, _Pruned] = {}
+        self._unsaved: dict[str, dict[str, float]] = {}
+        """Jobs accepted but not yet in their tenant's set, by tenant."""
+        self._saving: asyncio.Task[None] | None = None
 
     async def admit(self, tenant: str, per_model: dict[str, int]) -> None:
         """Raise 429 if `per_model` new jobs would take the tenant or a model over its limit."""
@@ -70,26 +78,50 @@ class Backpressure:
         limit = self._settings.model_queued_limit
         if limit:
             for model, count in per_model.items():
-                depth = await run_in_threadpool(self._broker.depth, model)
+                # A fresh reading is used on the loop; only a stale one costs a thread.
+                depth = self._broker.cached_depth(model)
+                if depth is None:
+                    depth = await run_in_threadpool(self._broker.depth, model)
                 if depth + count > limit:
                     self._refuse("model", f"model {model!r} has {depth} jobs queued; {count} "
                                  f"more would pass the limit of {limit} "
                                  "(GENQ_MODEL_QUEUED_LIMIT)")
 
-    async def accepted(self, tenant: str, job_ids: list[str], now: float) -> None:
-        """Count jobs the tenant just submitted."""
+    def accepted(self, tenant: str, job_ids: list[str], now: float) -> None:
+        """Count jobs the tenant just submitted. They are written with those of every request
+        accepted meanwhile, in one pipeline (`_save`), and counted here until then."""
         if not job_ids or not self._settings.tenant_queued_limit:
             return
-        key = names.tenant_queued_key(tenant)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(key, {job_id: now for job_id in job_ids})
-        pipe.expire(key, self._settings.job_ttl)
-        await pipe.execute()
+        self._unsaved.setdefault(tenant, {}).update(dict.fromkeys(job_ids, now))
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        while self._unsaved:
+            batch = {tenant: dict(members) for tenant, members in self._unsaved.items()}
+            pipe = self._redis.pipeline(transaction=False)
+            for tenant, members in batch.items():
+                key = names.tenant_queued_key(tenant)
+                pipe.zadd(key, members)
+                pipe.expire(key, self._settings.job_ttl)
+            try:
+                await pipe.execute()
+            except RedisError as exc:  # the jobs are in: they go uncounted, not refused
+                log.warning("%d tenants' new jobs not counted for their limits: %s",
+                            len(batch), exc)
+            # Dropped only now: until written, they count through `_unsaved`.
+            for tenant, members in batch.items():
+                left = self._unsaved.get(tenant)
+                if left is not None:
+                    for job_id in members:
+                        left.pop(job_id, None)
+                    if not left:
+                        del self._unsaved[tenant]
 
     async def tenant_queued(self, tenant: str, *, incoming: int = 0) -> int:
         """The tenant's queued jobs, exact enough to decide on `incoming` more."""
         key = names.tenant_queued_key(tenant)
-        size = int(await self._redis.zcard(key))
+        size = int(await self._redis.zcard(key)) + len(self._unsaved.get(tenant, ()))
         if size + incoming <= self._settings.tenant_queued_limit:
             return size
         now = time.monotonic()
@@ -97,6 +129,7 @@ class Backpressure:
         if last is not None and now - last.at < self._settings.queue_depth_ttl:
             return last.queued + max(0, size - last.size)
         queued, size = await self._prune(key)
+        queued += len(self._unsaved.get(tenant, ()))  # accepted, not yet in the set
         self._pruned[tenant] = _Pruned(at=now, queued=queued, size=size)
         return queued
 

@@ -93,11 +93,7 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
         raise unavailable("the broker", exc) from None
     except (StoreError, RedisError) as exc:
         raise unavailable("redis", exc) from None
-    try:
-        await gw.limits.accepted(caller.tenant, ids, time.time())
-    except RedisError as exc:  # the jobs are in: they go uncounted rather than fail the call
-        log.warning("tenant %s: %d jobs not counted for its limit: %s", caller.tenant,
-                    len(ids), exc)
+    gw.limits.accepted(caller.tenant, ids, time.time())
     for model, count in per_model.items():
         gw.metrics.jobs.labels(model, api).inc(count)
     gw.audit.write("job.submit", api=api, tenant=caller.tenant, key=caller.key_id,
