@@ -12,6 +12,10 @@ records a result announced, the sweep) goes through one reader task that sends o
 at a time on one connection of the gateway's pool. Reads that arrive while a pipeline is out
 are merged into the next one.
 
+The pattern hears the whole fleet's results, not just this gateway's: an announcement costs
+each gateway a dictionary look-up, where a SUBSCRIBE per job would cost a round trip before
+each wait (or a race). It matters only at many thousands of results a second.
+
 Pub/sub is at-most-once (a reconnect loses what was published meanwhile), and a result may
 land between a request's submission and its watch: so a watch is registered before its
 first read, and every `_SWEEP` seconds the reader asks the state (a short HGET) of every
