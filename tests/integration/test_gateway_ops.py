@@ -25,7 +25,10 @@ from tests.integration.gateway_kit import (
 def test_healthz(http: httpx.Client) -> None:
     response = http.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "redis": "ok", "rabbitmq": "ok"}
+    body = response.json()
+    assert body == {"status": "ok", "redis": "ok", "rabbitmq": "ok",
+                    "gateway": body["gateway"]}
+    assert body["gateway"].startswith("genq-gateway-")
 
 
 def test_healthz_is_503_when_redis_or_the_broker_is_down(make_gateway: MakeGateway,
