@@ -19,11 +19,11 @@ import redis
 import redis.asyncio as aioredis
 
 from genq import names
-from genq.local import GatewayProcess, WorkerProcess, free_port
+from genq.local import GatewayProcess, free_port
 from genq.settings import ClientSettings, GatewaySettings
 from producers import Client
 from producers.gateway.waiter import Waiter
-from tests.integration.gateway_kit import queued_messages
+from tests.integration.gateway_kit import drop_queues, queued_messages
 
 # The gateway's Redis pool (GENQ_GATEWAY_REDIS_CONNECTIONS) and the bound it implies: the
 # pool, the stream reader's own connection, and one per client thread (context.py).
@@ -32,9 +32,20 @@ BOUND = POOL + 3
 
 
 @pytest.fixture(scope="module")
-def load_gateway(fleet_env: dict[str, str], model_name: str, idle_model: str,
-                 worker: WorkerProcess, log_dir: Path) -> Iterator[GatewayProcess]:
-    env = {**fleet_env, "GENQ_MODELS": f"{model_name},{idle_model}", "GENQ_API_KEYS": "off",
+def load_model(make_worker: Any) -> Iterator[str]:
+    """A model of its own, on a worker of its own: 1,300 jobs in a few minutes are this
+    module's, not the shared worker's the other modules use."""
+    model = f"load-{uuid.uuid4().hex[:8]}"
+    worker = make_worker(model_name=model, max_num_seqs=16, name="load")
+    yield model
+    worker.stop()
+    drop_queues(model)
+
+
+@pytest.fixture(scope="module")
+def load_gateway(fleet_env: dict[str, str], load_model: str, idle_model: str,
+                 log_dir: Path) -> Iterator[GatewayProcess]:
+    env = {**fleet_env, "GENQ_MODELS": f"{load_model},{idle_model}", "GENQ_API_KEYS": "off",
            "GENQ_AUDIT_LOG": "off", "GENQ_GATEWAY_REDIS_CONNECTIONS": str(POOL)}
     gateway = GatewayProcess(env=env, port=free_port(), log_dir=log_dir).start()
     yield gateway
@@ -92,7 +103,8 @@ async def _most_waiting(gateway: GatewayProcess, until: asyncio.Future[Any]) -> 
 
 
 def test_a_thousand_waiting_completions_hold_a_bounded_number_of_connections(
-        load_gateway: GatewayProcess, model_name: str) -> None:
+        load_gateway: GatewayProcess, load_model: str) -> None:
+    model_name = load_model
     n = 1000
 
     async def main() -> tuple[list[Any], float]:
@@ -119,7 +131,8 @@ def test_a_thousand_waiting_completions_hold_a_bounded_number_of_connections(
 
 
 def test_three_hundred_concurrent_streams_each_complete_and_in_order(
-        load_gateway: GatewayProcess, model_name: str) -> None:
+        load_gateway: GatewayProcess, load_model: str) -> None:
+    model_name = load_model
     n = 300
 
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, str, list[str]]:
