@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 
@@ -69,16 +69,16 @@ def submit(
     prompt: str = typer.Argument(..., help="The prompt, verbatim."),
     model: str = typer.Option(..., "--model", "-m"),
     priority: int = typer.Option(0, "--priority", "-p", help="Level; higher is more urgent."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens"),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed"),
     stop: list[str] = typer.Option([], "--stop"),
     ignore_eos: bool = typer.Option(False, "--ignore-eos"),
-    deadline: Optional[float] = typer.Option(None, "--deadline",
+    deadline: float | None = typer.Option(None, "--deadline",
                                              help="Seconds from now, or a Unix time."),
-    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key"),
-    tenant: Optional[str] = typer.Option(None, "--tenant"),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
+    tenant: str | None = typer.Option(None, "--tenant"),
     wait: bool = typer.Option(False, "--wait", help="Wait and print the finished record."),
 ) -> None:
     """Submit one job; prints its task ID."""
@@ -109,7 +109,7 @@ def status(job_id: str) -> None:
 @_guard
 def result(
     job_id: str,
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds to wait."),
     no_wait: bool = typer.Option(False, "--no-wait"),
 ) -> None:
     """Wait for a job to end and print its record (JSON)."""
@@ -128,11 +128,13 @@ def cancel(job_id: str) -> None:
 @app.command()
 @_guard
 def batch(
-    input: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL of requests."),
+    # `input` shadows the builtin: typer names the command's argument after it (INPUT).
+    input: Path = typer.Argument(  # noqa: A002
+        ..., exists=True, dir_okay=False, help="JSONL of requests."),
     output: Path = typer.Option(Path("-"), "--output", "-o", help="JSONL of results."),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
+    model: str | None = typer.Option(None, "--model", "-m",
                                         help="Model for lines that name none."),
-    timeout: Optional[float] = typer.Option(None, "--timeout"),
+    timeout: float | None = typer.Option(None, "--timeout"),
 ) -> None:
     """Submit every line of a JSONL file, wait, write one result line per request."""
     from producers.batch import run_batch
@@ -176,7 +178,7 @@ def chaos(
     poison_tokens: int = typer.Option(256, "--poison-tokens", min=1,
                                       help="max_tokens of the poison job (it must run a "
                                            "while to be caught running)."),
-    restart_cmd: Optional[str] = typer.Option(
+    restart_cmd: str | None = typer.Option(
         None, "--restart-cmd", help="Run after each worker goes down (else a supervisor "
         "must restart it), e.g. \"genq worker --model PATH ...\"."),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds for the whole run."),
@@ -224,8 +226,8 @@ def config() -> None:
 def worker(
     ctx: typer.Context,
     loglevel: str = typer.Option("INFO", "--loglevel"),
-    hostname: Optional[str] = typer.Option(None, "--hostname", "-n"),
-    cpus: Optional[str] = typer.Option(
+    hostname: str | None = typer.Option(None, "--hostname", "-n"),
+    cpus: str | None = typer.Option(
         None, "--cpus", help="CPU-only hosts: cores for the worker and its engine, e.g. 0-3 or 1. "
         "Workers sharing a host need disjoint sets, or their engines take turns on one core."),
 ) -> None:
@@ -257,7 +259,7 @@ def worker(
 def flower(
     port: int = typer.Option(5555, "--port"),
     address: str = typer.Option("127.0.0.1", "--address"),
-    basic_auth: Optional[str] = typer.Option(None, "--basic-auth", help="user:password"),
+    basic_auth: str | None = typer.Option(None, "--basic-auth", help="user:password"),
 ) -> None:
     """Run Flower, the Celery dashboard, on the fleet's broker."""
     s = ClientSettings()
@@ -301,11 +303,11 @@ def _exit_cleanly_on_signals() -> None:
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Tiny model, 64 requests, 1 repeat."),
-    repeat: Optional[int] = typer.Option(None, "--repeat", help="Runs per figure (median)."),
-    requests: Optional[int] = typer.Option(None, "--requests"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model dir."),
+    repeat: int | None = typer.Option(None, "--repeat", help="Runs per figure (median)."),
+    requests: int | None = typer.Option(None, "--requests"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens"),
+    json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON."),
+    model: Path | None = typer.Option(None, "--model", help="Model dir."),
     cache: bool = typer.Option(False, "--cache", help="Result-cache hit rate on repeats."),
     priority: bool = typer.Option(False, "--priority",
                                   help="Overload burst: per-level waits, overtakings."),
@@ -315,7 +317,7 @@ def bench(
         "`vllm bench serve` against genq gateway + worker, then vLLM's OpenAI server.")),
     rate: float = typer.Option(float("inf"), "--rate", help="--serve: requests/s (inf: all "
                                "at once)."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", min=1,
+    prompts: int | None = typer.Option(None, "--prompts", min=1,
                                           help="--serve: prompts per run (512)."),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
@@ -328,8 +330,9 @@ def bench(
         _bench_serve(path, quick=quick, repeat=repeat, prompts=prompts or requests,
                      max_tokens=max_tokens, rate=rate, json_path=json_path)
         return
-    defaults = (dict(requests=64, max_tokens=32, max_num_seqs=64, naive_requests=32, repeat=1,
-                     max_model_len=512) if quick else {})
+    defaults: dict[str, Any] = (dict(requests=64, max_tokens=32, max_num_seqs=64,
+                                     naive_requests=32, repeat=1, max_model_len=512)
+                                if quick else {})
     overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
                                        repeat=repeat).items() if v is not None}
     if priority:
@@ -373,7 +376,7 @@ def _bench_serve(path: Path, *, quick: bool, repeat: int | None, prompts: int | 
 def demo(
     jobs: int = typer.Option(100, "--jobs"),
     flower_port: int = typer.Option(5555, "--flower-port"),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model dir (default: tiny)."),
+    model: Path | None = typer.Option(None, "--model", help="Model dir (default: tiny)."),
 ) -> None:
     """Start a worker and Flower, run ~100 mixed-priority jobs, show results, stop."""
     from genq.testmodel import build_test_model
@@ -411,10 +414,10 @@ def _report(statuses: list[Any]) -> None:
 
 @app.command()
 def gateway(
-    host: Optional[str] = typer.Option(None, "--host",
+    host: str | None = typer.Option(None, "--host",
                                        help="Bind address (GENQ_GATEWAY_HOST, 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (GENQ_GATEWAY_PORT, 8000)."),
-    api_keys: Optional[str] = typer.Option(None, "--api-keys", help=(
+    port: int | None = typer.Option(None, "--port", help="Port (GENQ_GATEWAY_PORT, 8000)."),
+    api_keys: str | None = typer.Option(None, "--api-keys", help=(
         "on, off, or auto: on unless bound to loopback (GENQ_API_KEYS).")),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:

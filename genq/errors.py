@@ -12,7 +12,7 @@
     │   └── JobExpiredError
     ├── TimeoutError           waiting for a result took longer than asked
     └── EngineError            the vLLM engine
-        ├── RequestRejectedError   this request cannot run (e.g. prompt over the context): not retried
+        ├── RequestRejectedError   this request cannot run (prompt over the context): not retried
         └── EngineDeadError        the engine is gone: the worker must exit (fatal)
 """
 

@@ -3,6 +3,7 @@ as a user starts them. Used by `genq demo`, `genq bench` and the integration tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -114,10 +115,8 @@ class WorkerProcess:
 
     def _reap_group(self) -> None:
         assert self.proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # leftover engine processes, if any
-        except ProcessLookupError:
-            pass
 
 
 class FlowerProcess:

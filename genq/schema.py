@@ -16,11 +16,11 @@ from genq.errors import ValidationError
 from genq.settings import FleetSettings
 
 __all__ = [
+    "TERMINAL_STATES",
     "ChatMessage",
     "JobRecord",
     "JobSpec",
     "JobState",
-    "TERMINAL_STATES",
     "Usage",
     "parse_spec",
 ]
@@ -80,7 +80,7 @@ class JobSpec(BaseModel):
     def _no_bool_or_float(cls, value: Any) -> Any:
         # pydantic's lax mode would read True as 1 and 2.0 as 2; a level or a token count
         # given as either is almost certainly a mistake.
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, (bool, float)):
             raise ValueError("must be an integer")
         return value
 

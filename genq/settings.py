@@ -111,8 +111,8 @@ class WorkerSettings(FleetSettings):
     queue ran dry holds nothing up for long. 0 turns the wait off."""
     hold_seconds: float = Field(1.0, ge=0, le=3600)
     """A worker whose engine has been full, admitting nothing, this long gives back the jobs
-    it holds unstarted and stops consuming until a slot frees: a busy or slow worker must not keep jobs from an
-    idle one. 0: never (a worker always holds its window)."""
+    it holds unstarted and stops consuming until a slot frees: a busy or slow worker must not
+    keep jobs from an idle one. 0: never (a worker always holds its window)."""
     admit_headroom: int = Field(0, ge=0)
     """Jobs admitted beyond max_num_seqs so a freed batch slot is refilled without waiting on
     the broker. They wait inside vLLM, outside genq's ordering; keep it small."""

@@ -4,6 +4,7 @@ batchers): cancelled, and awaited, so nothing of theirs runs after `stop()` retu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 __all__ = ["stop_tasks"]
@@ -15,7 +16,5 @@ async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
     for task in running:
         task.cancel()
     for task in running:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass

@@ -19,7 +19,7 @@ Celery app's own broker and result-backend connections)."""
 from __future__ import annotations
 
 import ssl
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
 import pika
@@ -89,8 +89,14 @@ def redis_ssl_kwargs(settings: TlsSettings | None = None) -> dict[str, Any]:
             "ssl_check_hostname": s.tls_verify}
 
 
+@overload
 def redis_from_url(url: str, settings: TlsSettings | None = None, *,
-                   client: type[R] | None = None, **kwargs: Any) -> R:
+                   client: None = None, **kwargs: Any) -> redis.Redis: ...
+@overload
+def redis_from_url(url: str, settings: TlsSettings | None = None, *,
+                   client: type[R], **kwargs: Any) -> R: ...
+def redis_from_url(url: str, settings: TlsSettings | None = None, *,
+                   client: type[R] | None = None, **kwargs: Any) -> R | redis.Redis:
     """`client.from_url(url, **kwargs)` (`redis.Redis` unless given, e.g.
     `redis.asyncio.Redis`), with the settings' TLS for a `rediss://` URL."""
     cls: Any = client if client is not None else redis.Redis

@@ -52,7 +52,7 @@ def run_batch(client: Client, path: Path, output: Path, *, default_model: str | 
         records = client.wait_many(ids, timeout=timeout, on_done=lambda _r: bar.update(1))
     out: TextIO = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
     try:
-        for (custom_id, _data), record in zip(requests, records):
+        for (custom_id, _data), record in zip(requests, records, strict=True):
             line = {"custom_id": custom_id, **record.model_dump(
                 mode="json", include={"id", "state", "text", "finish_reason", "usage",
                                       "error", "cached"})}

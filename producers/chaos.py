@@ -32,12 +32,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pika
 
 from genq import names
-from genq.errors import GenqError, NotFoundError, TimeoutError
+from genq.errors import GenqError, NotFoundError, TimeoutError  # noqa: A004 - genq's own
 from genq.schema import JobRecord, JobState
 from producers.audit import AuditLine, audit
 from producers.client import Client
@@ -49,6 +49,8 @@ SCENARIOS = ("kill", "engine", "sigterm", "poison", "malformed")
 
 # How often the chaos agent looks at the jobs and workers it is watching (seconds).
 _POLL = 0.05
+
+T = TypeVar("T")
 
 
 class ChaosError(GenqError):
@@ -158,7 +160,7 @@ class Chaos:
             return None
         return self.wait(find, "a worker on this host running the submitted jobs")
 
-    def wait(self, predicate: Callable[[], Any], what: str) -> Any:
+    def wait(self, predicate: Callable[[], T | None], what: str) -> T:
         while True:
             value = predicate()
             if value:
@@ -222,7 +224,9 @@ class Chaos:
                     if info is not None and info.local:
                         return info
                 return None
-            found = self.wait(running_here, "the poison job to run on a worker here")
+            # A cast: mypy infers the wait's type as the join of the two (object).
+            found = cast("WorkerInfo | JobRecord",
+                         self.wait(running_here, "the poison job to run on a worker here"))
             if isinstance(found, JobRecord):
                 self.say(f"chaos: poison job {poison_id} ended {found.state.value} after "
                          f"{found.attempts} attempts: {found.error}")

@@ -15,7 +15,7 @@ from typing import Any
 from genq import names
 from genq.cache import CacheStats, cache_key
 from genq.demand import DemandCounter
-from genq.errors import GenqError, PublishError, StoreError, TimeoutError
+from genq.errors import GenqError, PublishError, StoreError, TimeoutError  # noqa: A004 - genq's own
 from genq.protocol import encode_task
 from genq.schema import JobRecord, JobSpec, parse_spec
 from genq.settings import ClientSettings
@@ -111,7 +111,7 @@ class Client:
         # The record goes first: a worker that receives the message must find it.
         created = self.store.create(records)
         outgoing: list[OutgoingJob] = []
-        for fields, outcome in zip(records, created):
+        for fields, outcome in zip(records, created, strict=True):
             if outcome.outcome in ("new", "leader"):  # not answered, not following
                 job_id = fields["id"]
                 spec, deadline_at = pending[job_id]
@@ -132,7 +132,7 @@ class Client:
             lost = [job.job_id for n, job in enumerate(outgoing) if n not in confirmed]
             # Followers in this batch of a leader that was lost go with it (after it).
             lost_set = set(lost)
-            lost += [f["id"] for f, c in zip(records, created) if c.leader in lost_set]
+            lost += [f["id"] for f, c in zip(records, created, strict=True) if c.leader in lost_set]
             lost_set.update(lost)
             self.store.abandon(lost, error=f"not published: {exc}")
             self._release_idempotency([specs[i] for i in fresh if ids[i] in lost_set])
@@ -170,9 +170,9 @@ class Client:
             charges = [(specs[n].tenant or self.settings.default_tenant,
                         expected_tokens(specs[n].prompt_chars(), specs[n].max_tokens))
                        for n in positions]
-            for n, before in zip(positions, self._demand.charge(model, charges, now)):
+            for n, before in zip(positions, self._demand.charge(model, charges, now), strict=True):
                 turns[n] = turn(before, self.settings.fair_quantum, TOP_TURN)
-        return [dataclasses.replace(job, turn=t) for job, t in zip(outgoing, turns)]
+        return [dataclasses.replace(job, turn=t) for job, t in zip(outgoing, turns, strict=True)]
 
     def _claim_idempotency(
         self, specs: list[JobSpec], ids: list[str]

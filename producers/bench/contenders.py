@@ -3,6 +3,7 @@ fleet (one `genq worker`), and the naive Celery baseline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,16 +12,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
 
 from genq import names
 from genq.local import WorkerProcess, wait_for
-from producers.queues import purge_model
 from producers.bench.workload import Workload, percentile
 from producers.client import Client
+from producers.queues import purge_model
 
 __all__ = ["EngineLimit", "Fleet", "NaiveCelery"]
 
@@ -77,10 +78,8 @@ class EngineLimit:
         if self._log.closed:
             return
         if self.proc.stdin and not self.proc.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):  # it is already gone
                 self.proc.stdin.close()
-            except BrokenPipeError:  # it is already gone
-                pass
         _stop_group(self.proc, patience=_STOP_PATIENCE_SECONDS)
         self._log.close()
 
@@ -96,19 +95,15 @@ def _stop_group(proc: subprocess.Popen[Any], *, patience: float) -> None:
         proc.wait(patience)
     except subprocess.TimeoutExpired:
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait(30)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # nothing left in it
         os.killpg(pgid, sig)
-    except ProcessLookupError:  # nothing left in it
-        pass
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -147,13 +142,17 @@ class Fleet:
             raise
 
     def stats(self) -> dict[str, str]:
-        return dict(self.redis.hgetall(names.worker_stats_key(self.worker.hostname)))
+        # A client with decode_responses: the hash's fields and values are str.
+        raw = self.redis.hgetall(names.worker_stats_key(self.worker.hostname))
+        return cast("dict[str, str]", raw)
 
     def _settled_stats(self) -> dict[str, str]:
         # The heartbeat is once a second: wait for one taken after the last job ended.
         after = time.time()
-        return wait_for(lambda: (s := self.stats()) and float(s["at"]) > after and s,
-                        timeout=10, what="a fresh worker heartbeat")
+        stats: dict[str, str] = wait_for(
+            lambda: (s := self.stats()) and float(s["at"]) > after and s,
+            timeout=10, what="a fresh worker heartbeat")
+        return stats
 
     def run(self, workload: Workload, *, limit: int | None = None) -> dict[str, float]:
         prompts = workload.prompts[:limit] if limit else workload.prompts

@@ -4,9 +4,9 @@ of single-job submissions (`POST /v1/jobs`), and thousands of long polls
 
 No load generator of the field does this (vllm bench serve drives completions), so it is
 aiohttp's, as vllm bench serve's is: httpx's pool spent 5 s of client CPU on a burst of 512
-requests the gateway had answered in under one. The burst measures how long the last of its requests waited to be accepted; the
-long polls' jobs are submitted first (a few list POSTs), then every poll goes out at once and
-each must answer 200 with its job ended."""
+requests the gateway had answered in under one. The burst measures how long the last of its
+requests waited to be accepted; the long polls' jobs are submitted first (a few list POSTs),
+then every poll goes out at once and each must answer 200 with its job ended."""
 
 from __future__ import annotations
 

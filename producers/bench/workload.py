@@ -9,8 +9,10 @@ from typing import Any
 
 __all__ = ["Workload", "percentile"]
 
-_WORDS = ("queue worker engine token batch score level wait result cache prefix redis "
-          "rabbit celery flower model prompt sample decode schedule fleet").split()
+_WORDS = (  # noqa: SIM905 - a word list reads best as words
+    "queue worker engine token batch score level wait result cache prefix redis "
+    "rabbit celery flower model prompt sample decode schedule fleet"
+).split()
 
 
 @dataclass(frozen=True)

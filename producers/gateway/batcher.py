@@ -106,7 +106,7 @@ class Batcher:
 
 def _split_failure(batch: list[_Request], exc: PublishError) -> None:
     """Each request's share of a partly published batch."""
-    accepted = dict(zip(exc.accepted_positions, exc.accepted))
+    accepted = dict(zip(exc.accepted_positions, exc.accepted, strict=True))
     start = 0
     for request in batch:
         span = range(start, start + len(request.specs))

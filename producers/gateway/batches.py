@@ -174,7 +174,7 @@ async def create_batch(body: BatchCreate, both: Stores, who: Who) -> dict[str, A
         return as_object(fields)
     ids = await submit(gw, who, specs, api="batch")
     fields.update(status="in_progress", in_progress_at=repr(now))
-    await batches.create(fields, list(zip(custom_ids, ids)))
+    await batches.create(fields, list(zip(custom_ids, ids, strict=True)))
     gw.audit.write("batch.create", tenant=who.tenant, key=who.key_id, client=who.address,
                    batch=fields["id"], jobs=len(ids), input_file_id=body.input_file_id)
     return as_object(fields)
@@ -300,7 +300,7 @@ async def _cancel_unfinished(gw: Gateway, batches: BatchStore, batch_id: str) ->
     requests = await batches.requests(batch_id)
     job_ids = [job_id for _, job_id in requests]
     states = await _states(gw.redis, job_ids)
-    live = [j for j, s in zip(job_ids, states) if s is not None and s not in _ENDED]
+    live = [j for j, s in zip(job_ids, states, strict=True) if s is not None and s not in _ENDED]
 
     def cancel() -> None:
         for job_id in live:
@@ -354,7 +354,7 @@ async def _finalize(gw: Gateway, batches: BatchStore, files: FileStore, raw: dic
             pipe = gw.redis.pipeline(transaction=False)
             for _, job_id in chunk:
                 pipe.hgetall(names.job_key(job_id))
-            for (custom_id, _), record in zip(chunk, await pipe.execute()):
+            for (custom_id, _), record in zip(chunk, await pipe.execute(), strict=True):
                 line, failed = output_line(custom_id, decode_record(record) if record else None,
                                            endpoint=raw["endpoint"], expired=expired)
                 (errors if failed else output).append(json.dumps(line))

@@ -7,6 +7,7 @@ broker one round of declares per second per model, not one per request."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -110,7 +111,5 @@ class BrokerProbe:
     def _drop(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 conn.close()
-            except (pika.exceptions.AMQPError, OSError):
-                pass

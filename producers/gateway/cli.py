@@ -9,7 +9,7 @@ import getpass
 import json
 import resource
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 import pydantic
 import typer
@@ -24,9 +24,9 @@ __all__ = ["keys_app", "serve"]
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP gateway.")
 
 
-def serve(host: Optional[str] = None, port: Optional[int] = None, *,
-          api_keys: Optional[str] = None, log_level: str = "info",
-          settings: Optional[GatewaySettings] = None) -> None:
+def serve(host: str | None = None, port: int | None = None, *,
+          api_keys: str | None = None, log_level: str = "info",
+          settings: GatewaySettings | None = None) -> None:
     """Run the gateway with uvicorn until interrupted. Unset arguments come from GENQ_*."""
     import uvicorn
 
@@ -93,7 +93,7 @@ def create(tenant: str = typer.Option(..., "--tenant", "-t", help="Whose jobs th
 
 
 @keys_app.command("list")
-def list_keys(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
+def list_keys(tenant: str | None = typer.Option(None, "--tenant", "-t"),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """List keys (their IDs, tenants and names; never the keys)."""
     store, _audit = _store()

@@ -141,7 +141,7 @@ async def _submit_and_wait(gw: Gateway, request: Request, who: Caller, specs: li
                        headers={**_ids_header(ids), "Retry-After": "2"}) from None
     if not done:
         if await request.is_disconnected():
-            for job_id, record in zip(ids, records):
+            for job_id, record in zip(ids, records, strict=True):
                 if not record.done:
                     await gw.call(gw.client.cancel, job_id)
             gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id,

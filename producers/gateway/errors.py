@@ -51,7 +51,8 @@ class ApiError(HTTPException):
     """An error answered to the client, in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type: str | None = None,
+                 code: str | None = None,
+                 type: str | None = None,  # noqa: A002 - the OpenAI error's field
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(status_code=status, detail=message, headers=headers)
         self.message = message
@@ -66,7 +67,9 @@ class ApiError(HTTPException):
                             status_code=self.status_code, headers=self.headers)
 
 
-def error_body(message: str, *, type: str, param: str | None = None,
+def error_body(message: str, *,
+               type: str,  # noqa: A002 - the OpenAI error's field
+               param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

@@ -21,7 +21,7 @@ from genq import names
 from genq.errors import NotFoundError, StoreError, ValidationError
 from genq.tls import redis_from_url
 
-__all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore", "hash_key", "key_id", "check_tenant"]
+__all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore", "check_tenant", "hash_key", "key_id"]
 
 KEY_PREFIX = "genq-"
 _ID_CHARS = 12  # 48 bits of the hash: unique among any realistic number of keys

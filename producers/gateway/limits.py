@@ -142,7 +142,7 @@ class Backpressure:
             pipe = self._redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hget(names.job_key(job_id), "state")
-            for job_id, state in zip(chunk, await pipe.execute()):
+            for job_id, state in zip(chunk, await pipe.execute(), strict=True):
                 if state == JobState.QUEUED.value:
                     queued += 1
                 elif state not in _LIVE:

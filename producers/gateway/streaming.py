@@ -12,6 +12,7 @@ client goes; the cancel then runs shielded from that cancellation (`_EventStream
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -132,9 +133,7 @@ def _error(error: ApiError) -> bytes:
 async def _abandon(gw: Gateway, who: Caller, job_ids: list[str]) -> None:
     """Cancel jobs the client no longer waits for (it hung up, or the stream failed)."""
     for job_id in job_ids:
-        try:
+        with contextlib.suppress(GenqError):  # already gone: nothing to cancel
             await gw.call(gw.client.cancel, job_id)
-        except GenqError:  # already gone: nothing to cancel
-            pass
     gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id, client=who.address,
                    jobs=job_ids, reason="stream ended before the jobs")

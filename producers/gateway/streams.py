@@ -17,9 +17,11 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
 
 from genq import names
 from genq.tasks import stop_tasks
@@ -126,7 +128,8 @@ class StreamHub:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            streams = {self._wake_key: self._wake_id, **self._last}
+            streams: dict[KeyT, StreamIdT] = {self._wake_key: self._wake_id}
+            streams.update(self._last.items())
             self._changed.clear()
             self._blocked = True
             try:
@@ -138,7 +141,8 @@ class StreamHub:
                 continue
             finally:
                 self._blocked = False
-            self._dispatch(reply or [])
+            # A RESP2 client with decode_responses: [[key, [(id, {field: value})]]], all str.
+            self._dispatch(cast("list[tuple[str, Entries]]", reply or []))
 
     def _dispatch(self, reply: list[tuple[str, Entries]]) -> None:
         for key, entries in reply:

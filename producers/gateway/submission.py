@@ -7,6 +7,7 @@ header, else the gateway's default."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -105,13 +106,12 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
 def doomed_by_retry(specs: list[JobSpec], exc: PublishError) -> list[str]:
     """The accepted jobs of a failed request that its retry would submit a second time:
     those without an idempotency key."""
-    return [job_id for job_id, i in zip(exc.accepted, exc.accepted_positions)
+    return [job_id for job_id, i in zip(exc.accepted, exc.accepted_positions, strict=True)
             if not specs[i].idempotency_key]
 
 
 def _cancel_all(gw: Gateway, job_ids: list[str]) -> None:
     for job_id in job_ids:
-        try:
+        # Gone already, or Redis failing too: nothing more to do here.
+        with contextlib.suppress(GenqError):
             gw.client.cancel(job_id)
-        except GenqError:  # gone already, or Redis failing too: nothing more to do here
-            pass

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
@@ -128,7 +128,8 @@ class PromptTokens:
         # trip; ten thousand keys a call crosses 100,000 keys in ten.
         async for key in self._redis.scan_iter(match=names.WORKER_STATS_PREFIX + "*",
                                                count=10_000):
-            beat = await self._redis.hgetall(key)
+            # The gateway's client decodes responses: fields and values are str.
+            beat = cast("dict[str, str]", await self._redis.hgetall(key))
             if beat.get("model") != model:
                 continue
             tokenizer = tokenizer or beat.get("tokenizer")
@@ -160,7 +161,9 @@ def _load(source: str) -> Any | None:
     try:
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(source)
-    except Exception as exc:  # not on this machine, no hub access, not a tokenizer
+    # Not on this machine, no hub access, not a tokenizer, or one this transformers can't
+    # read: the engine counts the tokens instead, so no failure here may stop the gateway.
+    except Exception as exc:  # noqa: BLE001
         log.warning("tokenizer %r not loadable here (%s): prompt tokens are left to the "
                     "engine to count", source, exc)
         return None
@@ -175,7 +178,9 @@ def _count(tokenizer: Any, spec: JobSpec) -> int | None:
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                             tokenize=True)
-    except Exception:
+    # A template that can't render these messages raises whatever jinja or it chooses; the
+    # engine will render it again and say why.
+    except Exception:  # noqa: BLE001
         return None
     if isinstance(ids, Mapping):  # newer transformers return an encoding
         ids = ids["input_ids"]

@@ -25,6 +25,7 @@ costs that much latency, never a hang."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -99,7 +100,7 @@ class Waiter:
     async def read(self, job_ids: list[str]) -> list[JobRecord]:
         """The records now; `NotFoundError` for an unknown ID."""
         records = await self._read(job_ids)
-        for job_id, record in zip(job_ids, records):
+        for job_id, record in zip(job_ids, records, strict=True):
             if record is None:
                 raise NotFoundError(f"job {job_id}: not found")
         return records  # type: ignore[return-value]
@@ -115,7 +116,7 @@ class Waiter:
         for job_id in job_ids:
             self._watches.setdefault(job_id, set()).add(watch)
         try:
-            for job_id, record in zip(job_ids, await self.read(job_ids)):
+            for job_id, record in zip(job_ids, await self.read(job_ids), strict=True):
                 watch.records[job_id] = _newer(watch.records[job_id], record)
             while True:
                 # Cleared before looking: a delivery while `gone()` is awaited below sets it
@@ -133,10 +134,8 @@ class Waiter:
                     for record in fresh:
                         watch.records[record.id] = _newer(watch.records[record.id], record)
                     return self._records(watch, job_ids), watch.done()
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(watch.event.wait(), min(left, _SWEEP))
-                except asyncio.TimeoutError:
-                    pass
         finally:
             for job_id in job_ids:
                 watches = self._watches.get(job_id)
@@ -162,10 +161,8 @@ class Waiter:
         """Reads every record due, one pipeline at a time; sweeps every `_SWEEP` s."""
         next_sweep = time.monotonic() + _SWEEP
         while True:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), max(0.0, next_sweep - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
             self._kick.clear()
             reads: list[_Read] = []
             try:
@@ -194,7 +191,7 @@ class Waiter:
     async def _serve(self, reads: list[_Read], announced: set[str]) -> None:
         wanted = list(dict.fromkeys([j for r in reads for j in r.job_ids]
                                     + [j for j in announced if j in self._watches]))
-        found = dict(zip(wanted, await self._hgetall(wanted))) if wanted else {}
+        found = dict(zip(wanted, await self._hgetall(wanted), strict=True)) if wanted else {}
         for read in reads:
             if not read.future.done():
                 read.future.set_result([found[j] for j in read.job_ids])
@@ -226,7 +223,7 @@ class Waiter:
             pipe = self._redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hget(names.job_key(job_id), "state")
-            for job_id, state in zip(chunk, await pipe.execute()):
+            for job_id, state in zip(chunk, await pipe.execute(), strict=True):
                 if state is None or state in _TERMINAL:
                     self._announced.add(job_id)
 
@@ -251,10 +248,8 @@ class Waiter:
                             "meanwhile", exc)
                 await asyncio.sleep(_RECONNECT)
             finally:
-                try:
+                with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except (RedisError, OSError):
-                    pass
 
 
 def _ended(record: JobRecord | None) -> bool:

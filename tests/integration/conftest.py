@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from genq import services
+from genq.local import FlowerProcess, WorkerProcess, free_port
 from genq.settings import ClientSettings
 from producers import Client
 from producers.queues import purge_model
-from genq.local import FlowerProcess, WorkerProcess, free_port
 from tests.integration.gateway_kit import (  # noqa: F401 - the gateway tests' fixtures
     audit_path,
     gateway,
@@ -28,6 +28,8 @@ from tests.integration.gateway_kit import (  # noqa: F401 - the gateway tests' f
     keys,
     make_gateway,
 )
+from tests.integration.private_rabbit import private_rabbit  # noqa: F401 - a fixture
+from tests.integration.private_redis import private_redis  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 

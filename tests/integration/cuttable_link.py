@@ -16,6 +16,7 @@ Connections through it are counted, so a test can tell the producer really recon
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -166,12 +167,8 @@ class CuttableLink:
         unread input would send a reset, and the producer's kernel would throw away
         confirms it had not read yet)."""
         pair.cut = True
-        try:
+        with contextlib.suppress(OSError):
             pair.server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         pair.server.close()
-        try:
+        with contextlib.suppress(OSError):
             pair.client.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass

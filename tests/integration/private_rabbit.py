@@ -14,6 +14,7 @@ it and `rabbitmqctl` share that user's Erlang cookie; elsewhere both run as the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -150,10 +151,8 @@ class PrivateRabbit:
         """SIGKILL the node's whole process group: the teardown of last resort."""
         if self._server is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._server.wait(30)
 
     def tail(self, lines: int = 30) -> str:

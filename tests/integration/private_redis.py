@@ -1,8 +1,6 @@
 """A Redis server of a test's own, persisted as deploy/redis.conf configures (AOF), that the
 test may stop and start again. Never the shared Redis on 6379: other tests and CI use it.
-
-Import the fixture into a test module: `from tests.integration.private_redis import
-private_redis  # noqa: F401`."""
+Its fixture, `private_redis`, is registered in conftest.py."""
 
 from __future__ import annotations
 

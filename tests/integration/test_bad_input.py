@@ -12,10 +12,10 @@ import pytest
 
 from genq import names
 from genq.errors import NotFoundError, ValidationError
+from genq.local import WorkerProcess, wait_for
 from genq.schema import JobState
 from producers import Client
 from producers.queues import purge_model
-from genq.local import WorkerProcess, wait_for
 from tests.integration.conftest import REPO
 
 

@@ -20,8 +20,8 @@ def test_bench_serve_quick_completes_every_request_on_both_sides(
 ) -> None:
     out = tmp_path / "serve.json"
     done = subprocess.run([sys.executable, "-m", "genq.cli", "bench", "--serve", "--quick",
-                           "--json", str(out)], check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
+                           "--json", str(out)], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     workload = result["workload"]

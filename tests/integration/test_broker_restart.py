@@ -24,8 +24,7 @@ from genq.schema import JobRecord, JobState
 from producers import Client
 from producers.audit import audit
 from tests.integration.cuttable_link import CuttableLink
-from tests.integration.private_rabbit import PrivateRabbit, private_rabbit  # noqa: F401 (fixture)
-
+from tests.integration.private_rabbit import PrivateRabbit
 
 # Enough long jobs that the queues cannot drain while RabbitMQ stops: a busy node once took
 # over 40 s to stop, still delivering, and the worker ran all of 250 meanwhile.

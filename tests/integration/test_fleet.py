@@ -11,10 +11,10 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from genq import names
+from genq.local import WorkerProcess, wait_for
 from genq.schema import JobState
 from producers import Client
 from producers.queues import purge_model
-from genq.local import WorkerProcess, wait_for
 
 
 def test_200_jobs_of_mixed_priorities_complete_with_exact_token_counts(
@@ -31,7 +31,7 @@ def test_200_jobs_of_mixed_priorities_complete_with_exact_token_counts(
     assert len(set(ids)) == 200
     records = client.wait_many(ids, timeout=300)
 
-    for request, record in zip(requests_, records):
+    for request, record in zip(requests_, records, strict=True):
         assert record.state is JobState.SUCCEEDED, record.error
         assert record.usage is not None
         assert record.usage.completion_tokens == request["max_tokens"]

@@ -15,7 +15,6 @@ from tests.integration.gateway_kit import (
     new_tenant,
 )
 
-
 # -- 3. API keys and tenants ------------------------------------------------------------------
 
 

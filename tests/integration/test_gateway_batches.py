@@ -20,7 +20,6 @@ from tests.integration.gateway_kit import (
     new_tenant,
 )
 
-
 # -- 6. the Batch API ------------------------------------------------------------------------
 
 

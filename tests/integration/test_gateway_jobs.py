@@ -21,7 +21,6 @@ from tests.integration.gateway_kit import (
     queued_messages,
 )
 
-
 # -- 1. the jobs API ----------------------------------------------------------------------
 
 

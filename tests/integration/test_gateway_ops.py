@@ -18,7 +18,6 @@ from tests.integration.gateway_kit import (
     error_of,
 )
 
-
 # -- 5. health, metrics, OpenAPI, audit ------------------------------------------------------
 
 

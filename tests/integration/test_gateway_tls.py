@@ -84,9 +84,11 @@ def test_a_client_with_the_ca_round_trips_and_one_without_is_refused(
         client.set("genq-tls", "round trip")
         assert client.get("genq-tls") == "round trip"
     # The system's CAs don't know the test CA: the handshake fails and says why.
-    with redis_from_url(tls_redis.url, FleetSettings()) as untrusted:
-        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
-            untrusted.ping()
+    with (
+        redis_from_url(tls_redis.url, FleetSettings()) as untrusted,
+        pytest.raises(redis.ConnectionError, match="certificate verify failed"),
+    ):
+        untrusted.ping()
 
 
 def test_mutual_tls_needs_the_client_certificate(
@@ -98,10 +100,12 @@ def test_mutual_tls_needs_the_client_certificate(
                 tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client),
                 tls_key_file=str(certs.client_key))) as client:
             assert client.ping()
-        with redis_from_url(server.url, FleetSettings(tls_ca_file=str(certs.ca)),
-                            socket_timeout=5) as anonymous:
-            with pytest.raises(redis.ConnectionError):
-                anonymous.ping()
+        with (
+            redis_from_url(server.url, FleetSettings(tls_ca_file=str(certs.ca)),
+                           socket_timeout=5) as anonymous,
+            pytest.raises(redis.ConnectionError),
+        ):
+            anonymous.ping()
     finally:
         server.stop()
 
@@ -205,6 +209,8 @@ def test_jobs_go_through_a_tls_broker_and_a_tls_redis(
     # the job is not accepted, and the error says why.
     monkeypatch.delenv("GENQ_TLS_CA_FILE")
     monkeypatch.setenv("GENQ_REDIS_URL", shared_redis)
-    with Client() as blind:
-        with pytest.raises(PublishError, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
-            blind.submit("no CA", model=model)
+    with (
+        Client() as blind,
+        pytest.raises(PublishError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"),
+    ):
+        blind.submit("no CA", model=model)

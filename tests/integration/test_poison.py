@@ -6,6 +6,7 @@ GENQ_MAX_ATTEMPTS attempts, while every other job succeeds."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -14,20 +15,29 @@ from typing import Any
 
 from genq import names
 from genq.local import WorkerProcess, wait_for
-from genq.schema import JobState, JobSpec
+from genq.schema import JobSpec, JobState
 from genq.store import new_record_fields
 from producers import Client
 from producers.audit import audit
 from producers.chaos import worker_info
 from producers.dead import list_dead
 from producers.queues import purge_model
-from tests.integration.damage import (JOBS, assert_all_succeeded_once, submit_batch,
-                                      wait_until_running)
+from tests.integration.damage import (
+    JOBS,
+    assert_all_succeeded_once,
+    submit_batch,
+    wait_until_running,
+)
 
 EXIT_ENGINE_DEAD = 70  # workers/consumer.py; a test of the product must not import workers/
 MAX_ATTEMPTS = 3
 ENV = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20",
        "GENQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
+
+
+def running_on(client: Client, job_id: str, hostname: str) -> bool:
+    record = client.status(job_id)
+    return record.state is JobState.RUNNING and record.worker == hostname
 
 
 def kill_engine(client: Client, model: str, worker: WorkerProcess) -> None:
@@ -91,24 +101,23 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
             worker = make_worker(model_name=model, max_num_seqs=8,
                                  env={**ENV, "GENQ_LEASE_SECONDS": "20"},
                                  max_model_len=2048, name=f"poisoned{death}")
-            wait_for(lambda: (r := client.status(poison)).state is JobState.RUNNING
-                     and r.worker == worker.hostname,
+            wait_for(functools.partial(running_on, client, poison, worker.hostname),
                      timeout=300, what=f"the poison job to run (attempt {death})")
             kill_engine(client, model, worker)
-            exits_70_holding_nothing(client, ids + [poison], worker)
+            exits_70_holding_nothing(client, [*ids, poison], worker)
             record = client.status(poison)
             attempts_after_death.append(record.attempts)
             # Handed back to run again, until its last attempt: then failed for good.
             expected = JobState.FAILED if death == MAX_ATTEMPTS else JobState.QUEUED
             assert record.state is expected, record
         survivor = make_worker(model_name=model, max_num_seqs=8, env=ENV, name="survivor")
-        records = client.wait_many(ids + [poison], timeout=600)
+        records = client.wait_many([*ids, poison], timeout=600)
         survivor.stop()
         dead = [d for d in list_dead(client, model) if d.job_id == poison]
     finally:
         purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, ids + [poison], records,
+    line = audit(client.settings.redis_url, [*ids, poison], records,
                  classify={poison: "poison"})
     print(f"poison: {line}")
     assert str(line) == (f"accepted={JOBS + 1} succeeded={JOBS} failed=1(poison) "

@@ -16,7 +16,7 @@ from genq.schema import JobRecord, JobState
 from producers import Client
 from producers.audit import audit
 from producers.queues import purge_model
-from tests.integration.private_redis import PrivateRedis, private_redis  # noqa: F401
+from tests.integration.private_redis import PrivateRedis
 
 # Leases shorter than the outage: running jobs' leases expire while Redis is away, so the
 # reaper republishes jobs that are still running, and "first result wins" is what keeps
@@ -35,7 +35,8 @@ def worker_saw_redis_down(worker: WorkerProcess) -> bool:
     failed more times than a lease lasts: the running jobs' leases expired in the outage."""
     log = worker.log_path.read_text(errors="replace")
     beats = log.count("heartbeat to Redis failed")
-    return "lease renewal / reaping failed" in log and beats > int(FAST_LEASES["GENQ_LEASE_SECONDS"])
+    lease = int(FAST_LEASES["GENQ_LEASE_SECONDS"])
+    return "lease renewal / reaping failed" in log and beats > lease
 
 
 @pytest.mark.timeout(900)
@@ -43,7 +44,7 @@ def worker_saw_redis_down(worker: WorkerProcess) -> bool:
                                                     ("always", "kill -9")],
                          indirect=["private_redis"])
 def test_redis_restart_mid_run_loses_nothing(
-    make_worker: Any, private_redis: PrivateRedis, how: str  # noqa: F811
+    make_worker: Any, private_redis: PrivateRedis, how: str
 ) -> None:
     model = f"redis-{uuid.uuid4().hex[:6]}"
     env = {**FAST_LEASES, "GENQ_REDIS_URL": private_redis.url}

@@ -4,6 +4,7 @@ The fair policy has its own file (test_scheduler_fair.py), the starvation bound 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ def test_static_key_orders_exactly_as_the_score_at_any_time(
 ) -> None:
     by_key = sorted(pairs, key=lambda j: static_key(j[0], j[1], alpha=ALPHA, beta=BETA))
     scores = [score(p, t, now, alpha=ALPHA, beta=BETA) for p, t in by_key]
-    assert all(a <= b + 1e-6 for a, b in zip(scores, scores[1:]))
+    assert all(a <= b + 1e-6 for a, b in itertools.pairwise(scores))
 
 
 @given(jobs, st.lists(st.integers(0, 59), max_size=20))
