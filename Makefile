@@ -13,14 +13,15 @@ PYTEST_ARGS ?=
 # times over and leaves the 24 GiB machines room for a worker or two plus the test process.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: help setup python services models test test-unit docs demo bench clean distclean
+.PHONY: help setup python services models test test-unit lint docs demo bench clean distclean
 
 help:
 	@echo "make setup      venv + package, RabbitMQ and Redis, test models (idempotent)"
 	@echo "make models     (re)build the test models in .genq/models when their code changed"
 	@echo "make services   start local RabbitMQ and Redis if they are not answering"
-	@echo "make test       set up, build the docs, then all tests (unit + integration)"
+	@echo "make test       set up, lint, build the docs, then all tests (unit + integration)"
 	@echo "make test-unit  unit tests only (no services, no engine)"
+	@echo "make lint       ruff (lint and format check) and mypy, as configured in pyproject"
 	@echo "make docs       build the documentation site into build/site (mkdocs, strict)"
 	@echo "make demo       set up, then genq demo"
 	@echo "make bench      set up, then genq bench"
@@ -41,11 +42,18 @@ models: python
 # pytest's status is the recipe's status: a failure, and exit 5 ("no tests collected"),
 # fail make (which then exits 2), so CI cannot pass on an empty or broken test run.
 test: setup
+	$(MAKE) lint
 	$(MAKE) docs
 	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
 
 test-unit: python
 	$(PY) -m pytest tests -ra -m "not integration" $(PYTEST_ARGS)
+
+# Each tool reads its settings from pyproject.toml (mypy: which packages, how strictly).
+lint: python
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # --strict: a broken link or anchor, or a settings field without a description (the
 # settings reference is generated from the code: docs/hooks/reference.py), fails the build.
