@@ -18,7 +18,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from genq.errors import ValidationError
@@ -116,6 +116,9 @@ class Admission:
         self._accepting = accepting
         """False once the worker stops, or its engine died: nothing more is admitted."""
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._side: set[asyncio.Future[None]] = set()
+        """Ends being stored and dead letters being sent: kept until done (the loop holds
+        tasks only weakly)."""
 
     # -- deliveries (on the loop, from the broker thread) ------------------------------------
 
@@ -123,7 +126,7 @@ class Admission:
         try:
             message = decode_task(delivery.headers, delivery.body)
         except ValidationError as exc:
-            asyncio.ensure_future(self._reject(delivery, exc))
+            self._spawn(self._reject(delivery, exc))
             return
         if message.job_id in self._jobs:
             # A second copy of a job this worker already has, in any phase (a republish
@@ -197,7 +200,7 @@ class Admission:
                 await self._fail_all(batch, f"the worker failed admitting it: {exc!r}")
                 continue
             self._credit.admitted()
-            for job, reply in zip(batch, replies):
+            for job, reply in zip(batch, replies, strict=True):
                 self._act(job, Admit.of(reply))
             await self._credit.hold_off_if_lean()
         self._credit.set_surge()
@@ -246,7 +249,7 @@ class Admission:
             # Cancelled after ADMIT ran in Redis, before its reply came back: the cancel
             # found the job running but not yet here (Runner.cancel).
             self._jobs.remove(job)
-            asyncio.ensure_future(self._runner.end(
+            self._spawn(self._runner.end(
                 job.job_id, JobState.CANCELLED, error="cancelled by the client while running"))
             self._observers.revoked(job.job_id)
         elif admit is Admit.RUNNING:
@@ -256,12 +259,12 @@ class Admission:
         else:
             self._jobs.remove(job)
             if admit is Admit.EXPIRED:
-                asyncio.ensure_future(self._runner.end(
+                self._spawn(self._runner.end(
                     job.job_id, JobState.EXPIRED, error="deadline passed before the job started"))
                 self._observers.revoked(job.job_id, expired=True)
             elif admit is Admit.MISSING:
                 reason = "no job record in Redis (expired, or not submitted through genq)"
-                asyncio.ensure_future(self._courier.dead_letter(
+                self._spawn(self._courier.dead_letter(
                     delivery.headers, delivery.body, attempts=job.message.attempts,
                     job_id=job.job_id, reason=reason))
                 self._observers.failed(job.job_id, error="no job record")
@@ -271,6 +274,11 @@ class Admission:
             self._queue.charge(job.tenant, -job.cost)
         # Ack only now: ADMIT has recorded the job, so the message is no longer its only trace.
         self._broker.ack(delivery.epoch, delivery.tag)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
 
     def _abandon_early(self, job: Job) -> None:
         if job.early is not None:

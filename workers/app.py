@@ -14,14 +14,17 @@ import socket
 from typing import Any
 
 from celery import Celery, bootsteps
-from kombu import Queue
+from kombu.entity import Queue
 
 from genq import names
 from genq.settings import WorkerSettings
 from genq.tls import celery_ssl
 from workers.consumer import GpuConsumer
 
-__all__ = ["GpuConsumerStep", "app", "create_app", "run_worker"]
+__all__ = ["EXIT_ENGINE_DEAD", "GpuConsumerStep", "create_app", "run_worker"]
+
+EXIT_ENGINE_DEAD = 70
+"""Exit status when the engine died: the worker's supervisor should restart it."""
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,11 @@ log = logging.getLogger(__name__)
 logging.getLogger("pika").setLevel(logging.WARNING)
 
 
-class GpuConsumerStep(bootsteps.StartStopStep):
+class GpuConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery: untyped
     """Starts the engine and the GPU consumer with the worker; stops them on shutdown
     (a worker that doesn't shut its engine down hangs and leaves vLLM processes behind)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -42,10 +45,12 @@ class GpuConsumerStep(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         conf = worker.app.conf
         if not conf.get("genq_engine_args"):
-            raise RuntimeError("no engine configured: start workers with `genq worker --model PATH`")
+            raise RuntimeError(
+                "no engine configured: start workers with `genq worker --model PATH`")
         self.consumer = GpuConsumer(
             settings=conf.genq_settings, engine_args=conf.genq_engine_args,
             served_model=conf.genq_served_model, app=worker.app, hostname=worker.hostname,
+            on_fatal=_exit_engine_dead,
         )
         self.consumer.start()
 
@@ -54,6 +59,15 @@ class GpuConsumerStep(bootsteps.StartStopStep):
             self.consumer.stop()
 
     shutdown = stop
+
+
+def _exit_engine_dead(error: BaseException) -> None:
+    """The engine is gone and its jobs are handed back: exit, so a supervisor restarts a
+    whole worker. Called on the consumer's thread; Celery gives no way to set its exit
+    status from another thread, hence `os._exit`."""
+    log.critical("engine dead (%s); exiting with status %d", error, EXIT_ENGINE_DEAD)
+    logging.shutdown()
+    os._exit(EXIT_ENGINE_DEAD)
 
 
 def create_app(settings: WorkerSettings) -> Celery:
@@ -77,8 +91,6 @@ def create_app(settings: WorkerSettings) -> Celery:
     return celery
 
 
-app = create_app(WorkerSettings())
-
 
 def run_worker(settings: WorkerSettings, *, engine_args: Any, served_model: str,
                loglevel: str = "INFO", hostname: str | None = None) -> None:
@@ -90,7 +102,7 @@ def run_worker(settings: WorkerSettings, *, engine_args: Any, served_model: str,
     name = hostname or f"genq-{os.getpid()}@{socket.gethostname()}"
     # Gone with the worker: a durable queue per worker name (they include the PID) was
     # left behind by every worker that ever ran.
-    worker_app.conf.task_queues = [Queue(names.idle_queue(name), durable=False,
+    worker_app.conf.task_queues = [Queue(names.idle_queue(name), durable=False,  # type: ignore[no-untyped-call]
                                          auto_delete=True)]
     worker_app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", "--task-events",

@@ -15,11 +15,13 @@ with their original enqueue time (workers/courier.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -42,7 +44,7 @@ from workers.observers import CeleryEvents, Observers, Stats
 from workers.progress import Progress
 from workers.running import Runner
 
-__all__ = ["EXIT_ENGINE_DEAD", "GpuConsumer"]
+__all__ = ["GpuConsumer"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,6 @@ _DEAD_ENGINE_GRACE = 10.0
 # task that never ends must not keep a dead worker from exiting.
 _CANCEL_WAIT_SECONDS = 45.0
 
-EXIT_ENGINE_DEAD = 70
-"""Exit status when the engine died: the worker's supervisor should restart it."""
-
 
 class GpuConsumer:
     """Lifecycle and wiring: the loop thread, the engine, and the parts that run jobs
@@ -67,8 +66,11 @@ class GpuConsumer:
     worker's background loops (leases and reaping, cancels, heartbeat)."""
 
     def __init__(self, *, settings: WorkerSettings, engine_args: Any, served_model: str,
-                 app: Celery, hostname: str) -> None:
+                 app: Celery, hostname: str,
+                 on_fatal: Callable[[BaseException], None] = lambda _error: None) -> None:
         self.settings = settings
+        self._on_fatal = on_fatal
+        """Called once the loop ended because the engine died (the bootstep exits)."""
         self.model = served_model
         self.hostname = hostname
         self._engine_args = engine_args
@@ -107,7 +109,7 @@ class GpuConsumer:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
+        except BaseException as exc:  # reported to start(), or logged
             if not self._ready.is_set():
                 self._startup_error = exc
                 self._ready.set()
@@ -115,11 +117,7 @@ class GpuConsumer:
                 log.exception("GPU consumer crashed")
                 self.fatal = exc
         if self.fatal is not None:
-            # The engine is gone and the jobs are handed back: exit so a supervisor restarts
-            # a whole worker (Celery gives no way to set its exit status from another thread).
-            log.critical("engine dead (%s); exiting with status %d", self.fatal, EXIT_ENGINE_DEAD)
-            logging.shutdown()
-            os._exit(EXIT_ENGINE_DEAD)
+            self._on_fatal(self.fatal)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -199,10 +197,8 @@ class GpuConsumer:
         await self.progress.stop()
         self.broker.stop()  # held, unacked messages go back to their queues
         self.events.stop()
-        try:
+        with contextlib.suppress(*REDIS_AWAY):  # away: the key expires by itself
             await self.ledger.redis.delete(names.worker_stats_key(self.hostname))
-        except REDIS_AWAY:  # the key expires by itself
-            pass
         await self.ledger.close()
         self.engine.shutdown()
         log.info("GPU consumer stopped: %s", self.stats.snapshot())
@@ -228,10 +224,11 @@ class GpuConsumer:
         key = names.worker_stats_key(self.hostname)
         while True:
             try:
-                snapshot = {"model": self.model, "capacity": self.credit.capacity,
+                snapshot: dict[Any, Any] = {"model": self.model, "capacity": self.credit.capacity,
                             "running": self.jobs.count(Phase.RUNNING),
                             "held": self.jobs.count(Phase.HELD),
-                            "pid": os.getpid(), "at": time.time(), **self.stats.snapshot(),
+                            "pid": os.getpid(), "at": time.time(),
+                            **self.stats.snapshot(),
                             **self.engine.counters.snapshot(), **self.engine.describe()}
                 pids = self.engine.core_pids()
                 # Where the worker and its engine core run: for operators and `genq chaos`.

@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from vllm import SamplingParams, TextPrompt
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -50,12 +50,14 @@ class Generation:
 
 def parse_engine_args(argv: list[str]) -> AsyncEngineArgs:
     """vLLM's own engine options, under their vLLM names (`--max-num-seqs 64`, ...)."""
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="genq worker"))
+    parser = AsyncEngineArgs.add_cli_args(
+        FlexibleArgumentParser(prog="genq worker"))  # type: ignore[no-untyped-call]
     try:
         namespace = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed what is wrong
         raise argparse.ArgumentError(None, f"invalid engine options: {argv}") from exc
-    return AsyncEngineArgs.from_cli_args(namespace)
+    args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
+    return args
 
 
 class Engine:
@@ -78,7 +80,7 @@ class Engine:
         if dtype != args.dtype:
             log.info("dtype %s: %s, as this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)",
                      args.dtype, dtype)
-            args.dtype = dtype
+            args.dtype = dtype  # type: ignore[assignment]  # one of vLLM's names
         llm = AsyncLLM.from_engine_args(args)
         counters = EngineCounters()
         count_steps(llm, counters)
@@ -112,7 +114,7 @@ class Engine:
         try:
             with _unrenderable_rejected():
                 if spec.prompt is not None:
-                    (prompt,) = renderer.render_cmpl([TextPrompt(prompt=spec.prompt)])
+                    (prompt,) = renderer.render_cmpl([_text(spec.prompt)])
                 else:
                     _, (prompt,) = renderer.render_chat([_messages(spec)], ChatParams())
         except RequestRejectedError as exc:
@@ -128,7 +130,7 @@ class Engine:
         renderer = self._llm.renderer
         with _unrenderable_rejected():
             if spec.prompt is not None:
-                (rendered,) = await renderer.render_cmpl_async([TextPrompt(prompt=spec.prompt)])
+                (rendered,) = await renderer.render_cmpl_async([_text(spec.prompt)])
             else:
                 _, (rendered,) = await renderer.render_chat_async([_messages(spec)],
                                                                   ChatParams())
@@ -224,7 +226,13 @@ def _mark_retrieved(rendered: asyncio.Future[Any]) -> None:
         rendered.exception()
 
 
-def _messages(spec: JobSpec) -> list[dict[str, Any]]:
+def _text(prompt: str) -> TextPrompt:
+    # vLLM's TypedDict lists its optional keys as required to type checkers.
+    return cast(TextPrompt, {"prompt": prompt})
+
+
+def _messages(spec: JobSpec) -> list[Any]:
+    """Chat messages as vLLM's renderer takes them (OpenAI's message dicts)."""
     return [m.model_dump() for m in spec.messages or ()]
 
 

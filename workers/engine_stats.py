@@ -50,7 +50,7 @@ def count_steps(llm: Any, counters: EngineCounters) -> None:
     AsyncLLM's output loop awaits `engine_core.get_output_async()` once per step: wrapped
     here, on the instance. Should a vLLM release rename it, jobs still run; only these
     counters stay at zero (logged once)."""
-    core = getattr(llm, "engine_core", None)
+    core: Any = getattr(llm, "engine_core", None)
     pull: Callable[[], Awaitable[Any]] | None = getattr(core, "get_output_async", None)
     unfinished: Callable[[], int] | None = getattr(
         getattr(llm, "output_processor", None), "get_num_unfinished_requests", None)

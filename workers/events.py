@@ -6,13 +6,16 @@ the record of truth (Redis is)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from celery import Celery
+from kombu.exceptions import KombuError
 
 from genq.names import TASK_NAME
 
@@ -46,10 +49,8 @@ class TaskEvents:
         self._thread.join(timeout)
 
     def _send(self, type_: str, **fields: Any) -> None:
-        try:
+        with contextlib.suppress(queue.Full):  # see _QUEUE_LIMIT
             self._queue.put_nowait((type_, fields))
-        except queue.Full:
-            pass  # see _QUEUE_LIMIT
 
     def received(self, job_id: str, *, kwargs: str, retries: int) -> None:
         self._send("task-received", uuid=job_id, name=TASK_NAME, args="()", kwargs=kwargs,
@@ -94,6 +95,9 @@ class TaskEvents:
                     dispatcher.flush()
                     dispatcher.close()
                     return
-            except Exception as exc:  # broker away: keep what is queued, try again soon
+            except (OSError, KombuError, AMQPError) as exc:  # broker away: try again soon
                 log.warning("task events: %r; retrying", exc)
+                time.sleep(1.0)
+            except Exception:  # a bug: logged; events are best effort, the thread goes on
+                log.exception("task events failed; retrying")
                 time.sleep(1.0)

@@ -98,7 +98,7 @@ class Runner:
             await self._fail(job, f"rejected by the engine: {exc}")
         except EngineDeadError as exc:
             await self._crashed(job, exc)
-        except Exception as exc:  # a passing engine error: retry, within bounds
+        except Exception as exc:  # noqa: BLE001 - vLLM's passing errors: retry, within bounds
             if self._engine.dead:
                 await self._crashed(job, exc)
             elif attempt >= self._settings.max_attempts:

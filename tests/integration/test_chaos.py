@@ -17,7 +17,7 @@ from producers import Client
 from producers.queues import purge_model
 from tests.integration.conftest import REPO
 
-EXIT_ENGINE_DEAD = 70  # workers/consumer.py
+EXIT_ENGINE_DEAD = 70  # workers/app.py
 
 
 def genq_chaos(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

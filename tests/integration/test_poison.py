@@ -29,7 +29,7 @@ from tests.integration.damage import (
     wait_until_running,
 )
 
-EXIT_ENGINE_DEAD = 70  # workers/consumer.py; a test of the product must not import workers/
+EXIT_ENGINE_DEAD = 70  # workers/app.py; a test of the product must not import workers/
 MAX_ATTEMPTS = 3
 ENV = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20",
        "GENQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     llm = LLM(model=args.model, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, enforce_eager=True, seed=0,
-              dtype=engine_dtype("auto"))  # as a genq worker picks it
+              dtype=engine_dtype("auto"))  # type: ignore[arg-type]  # as a genq worker picks it
     llm.generate(["warm up"] * 8, SamplingParams(max_tokens=8), use_tqdm=False)
     dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
     print(json.dumps({"ready": True, "dtype": dtype}), file=out, flush=True)

@@ -22,7 +22,7 @@ app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True, result_expire
 _llm: Any = None
 
 
-@signals.worker_init.connect
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _load_engine(**_kwargs: Any) -> None:
     # worker_init, not worker_process_init: the latter never fires in the solo pool.
     global _llm
@@ -30,11 +30,11 @@ def _load_engine(**_kwargs: Any) -> None:
 
     from workers.cpu_dtype import engine_dtype
     _llm = LLM(model=os.environ["GENQ_NAIVE_MODEL"], enforce_eager=True, seed=0,
-               dtype=engine_dtype("auto"),  # as a genq worker picks it
+               dtype=engine_dtype("auto"),  # type: ignore[arg-type]  # as a genq worker picks it
                max_model_len=int(os.environ.get("GENQ_NAIVE_MAX_MODEL_LEN", "1024")))
 
 
-@app.task(name="naive.generate")
+@app.task(name="naive.generate")  # type: ignore[untyped-decorator]
 def generate(prompt: str, params: dict[str, Any]) -> int:
     from vllm import SamplingParams
     output = _llm.generate([prompt], SamplingParams(**params), use_tqdm=False)[0]
