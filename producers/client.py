@@ -100,7 +100,7 @@ class Client:
         pending: dict[str, tuple[JobSpec, float | None]] = {}
         for i in fresh:
             spec, job_id = specs[i], ids[i]
-            tenant = spec.tenant or self.settings.default_tenant
+            tenant = _tenant(spec)
             deadline_at = spec.deadline_at(now)
             records.append(new_record_fields(
                 spec, job_id=job_id, tenant=tenant, enqueued_at=now, deadline_at=deadline_at,
@@ -153,8 +153,15 @@ class Client:
     def validate(self, request: JobSpec | dict[str, Any]) -> JobSpec:
         """The request as this fleet will run it, or `ValidationError` naming the field."""
         spec = parse_spec(request)
+        # Filled in here, once: the job's message then names its tenant, so the demand
+        # counters here and the worker's fair share count it under the same name.
+        defaults: dict[str, Any] = {}
         if spec.max_tokens is None:
-            spec = spec.model_copy(update={"max_tokens": self.settings.default_max_tokens})
+            defaults["max_tokens"] = self.settings.default_max_tokens
+        if spec.tenant is None:
+            defaults["tenant"] = self.settings.default_tenant
+        if defaults:
+            spec = spec.model_copy(update=defaults)
         spec.check(self.settings)
         return spec
 
@@ -167,7 +174,7 @@ class Client:
         for n, job in enumerate(outgoing):
             by_model.setdefault(job.model, []).append(n)
         for model, positions in by_model.items():
-            charges = [(specs[n].tenant or self.settings.default_tenant,
+            charges = [(_tenant(specs[n]),
                         expected_tokens(specs[n].prompt_chars(), specs[n].max_tokens))
                        for n in positions]
             for n, before in zip(positions, self._demand.charge(model, charges, now), strict=True):
@@ -203,7 +210,7 @@ class Client:
 
     def _idem_key(self, spec: JobSpec) -> str:
         assert spec.idempotency_key is not None
-        return names.idempotency_key(spec.tenant or self.settings.default_tenant,
+        return names.idempotency_key(_tenant(spec),
                                      spec.idempotency_key)
 
     # -- reading ----------------------------------------------------------------------------
@@ -305,3 +312,9 @@ class Client:
             # worker's reaper publishes it, as it does for the jobs of a worker that died.
             log.warning("job %s: publishing it in place of a cancelled job failed (%s); "
                         "a worker will republish it", job_id, exc)
+
+
+def _tenant(spec: JobSpec) -> str:
+    """The tenant `validate` filled in."""
+    assert spec.tenant is not None, "a spec that did not go through Client.validate"
+    return spec.tenant

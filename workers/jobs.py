@@ -61,6 +61,8 @@ class Job:
 
     @property
     def tenant(self) -> str:
+        # genq's client always names it (Client.validate fills in the default tenant);
+        # "default" is for a message published by other means.
         return self.message.spec.tenant or "default"
 
     @property
