@@ -35,8 +35,6 @@ __all__ = [
     "ServiceStatus",
     "ServiceUrls",
     "check",
-    "check_broker",
-    "check_redis",
     "start",
 ]
 
@@ -111,16 +109,6 @@ def start(
         _ensure(broker, _probe_broker, _start_rabbitmq, wait),
         _ensure(results, _probe_redis, _start_redis, wait),
     ]
-
-
-def check_broker(url: str = DEFAULT_BROKER_URL, *, timeout: float = CHECK_TIMEOUT) -> ServiceStatus:
-    """Open (and close) an AMQP connection to `url`."""
-    return _probe_broker(url, timeout)[0]
-
-
-def check_redis(url: str = DEFAULT_REDIS_URL, *, timeout: float = CHECK_TIMEOUT) -> ServiceStatus:
-    """PING Redis at `url`."""
-    return _probe_redis(url, timeout)[0]
 
 
 # -- probing ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`genq chaos`: do real damage to a running fleet, then audit every job it submitted.
 
 It submits N jobs to a model, does the damage a scenario names, waits for every job to end
-and prints the reliability audit line (producers/audit.py), e.g.
+and prints the reliability audit line (producers/reliability.py), e.g.
 `accepted=301 succeeded=300 failed=1(poison) lost=0 duplicated=0`.
 
 Scenarios (workers are found from their heartbeats, `genq:worker:<name>`, which carry the
@@ -39,8 +39,8 @@ import pika
 from genq import names
 from genq.errors import GenqError, NotFoundError, TimeoutError  # noqa: A004 - genq's own
 from genq.schema import JobRecord, JobState
-from producers.audit import AuditLine, audit
 from producers.client import Client
+from producers.reliability import AuditLine, audit
 
 __all__ = ["SCENARIOS", "ChaosError", "WorkerInfo", "fleet_workers", "run_chaos",
            "worker_info"]

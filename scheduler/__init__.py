@@ -4,9 +4,9 @@ vLLM."""
 
 from __future__ import annotations
 
-from scheduler.audit import Start, overtakings_past_bound
 from scheduler.candidate import Candidate
 from scheduler.fair import DEFAULT_FAIR_LEVELS, FairQueue
+from scheduler.overtaking import Start, overtakings_past_bound
 from scheduler.queue import AdmissionQueue, Policy, create_admission_queue
 from scheduler.score import score, starvation_bound, static_key
 

@@ -2,7 +2,7 @@
 
 A burst at `load`× the worker's measured capacity for `seconds`, every level mixed evenly,
 then drained. Prints per-level queue-wait p50 / p99 / max and the overtakings past the
-starvation bound (scheduler.audit), strict and with jobs still in transit excused."""
+starvation bound (scheduler.overtaking), strict and with jobs still in transit excused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from genq.settings import FleetSettings
 from producers.bench.contenders import Fleet
 from producers.bench.workload import Workload, percentile
-from scheduler.audit import Start, overtakings_past_bound
+from scheduler.overtaking import Start, overtakings_past_bound
 
 __all__ = ["run_priority_bench"]
 

@@ -109,13 +109,6 @@ class KeyStore:
         self._run(pipe)
         return KeyInfo.from_hash({"id": key_id, "tenant": "", **raw})
 
-    def lookup(self, secret: str) -> KeyInfo | None:
-        try:
-            raw = cast(dict[str, str], self._redis.hgetall(names.api_key_key(hash_key(secret))))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
-        return KeyInfo.from_hash(raw) if raw else None
-
     def _run(self, pipe: Any) -> list[Any]:
         try:
             return cast(list[Any], pipe.execute())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from genq.local import WorkerProcess, wait_for
 from genq.schema import JobState
 from producers import Client
-from producers.audit import AuditLine
+from producers.reliability import AuditLine
 
 JOBS = 300
 

@@ -22,7 +22,7 @@ from genq.errors import PublishError
 from genq.local import WorkerProcess, wait_for
 from genq.schema import JobRecord, JobState
 from producers import Client
-from producers.audit import audit
+from producers.reliability import audit
 from tests.integration.cuttable_link import CuttableLink
 from tests.integration.private_rabbit import PrivateRabbit
 

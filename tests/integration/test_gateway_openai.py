@@ -5,6 +5,7 @@ clients that hang up."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from tests.integration.gateway_kit import (
     error_of,
     new_tenant,
 )
-
 
 # -- 2. OpenAI-compatible completions and chat -----------------------------------------------
 
@@ -137,7 +137,7 @@ def test_a_prompt_over_the_token_limit_is_422_naming_the_limit(
     assert isinstance(error, dict)
     assert error["param"] == "prompt[1]" and error["code"] == "context_length_exceeded"
     assert "over the limit of 20 prompt tokens (GENQ_MAX_PROMPT_TOKENS)" in error["message"]
-    with pytest.raises(openai.UnprocessableEntityError, match="messages: .* over the limit"):
+    with pytest.raises(openai.UnprocessableEntityError, match=r"messages: .* over the limit"):
         client.chat.completions.create(model=model_name, max_tokens=4,
                                        messages=[{"role": "user", "content": words}])
     with limited.http() as http:
@@ -150,7 +150,7 @@ def test_a_prompt_over_the_token_limit_is_422_naming_the_limit(
     advertised = make_gateway().openai(max_retries=0)
     long_prompt = " ".join(f"word{i}" for i in range(600))
     with pytest.raises(openai.UnprocessableEntityError,
-                       match="over the limit of 511 prompt tokens .*context of 512"):
+                       match=r"over the limit of 511 prompt tokens .*context of 512"):
         advertised.completions.create(model=model_name, prompt=long_prompt, max_tokens=4)
 
 
@@ -276,12 +276,19 @@ def test_a_running_streamed_job_is_aborted_when_its_client_hangs_up(
         first = next(iter(stream))
         assert first.choices[0].text  # it was streaming when the client went away
         stream.close()
+        hung_up_at = time.time()
         record = wait_for(lambda: (r := stored(gateway, job_id))["state"] != "running" and r,
                           timeout=60, what="the abandoned job to end", interval=0.2)
+        # What to look at if it ran to the end: when it ran, how its text was published
+        # (one entry would mean nothing streamed before the end), the worker's last words.
+        entries = redis.Redis.from_url(ClientSettings().redis_url).xlen(names.progress_key(job_id))
+        story = (f"hung up {hung_up_at - record['started_at']:.2f} s after the start, job ran "
+                 f"{record['finished_at'] - record['started_at']:.2f} s, {entries} progress "
+                 f"entries; worker log:\n{worker.tail(30)}")
     finally:
         worker.stop()
         drop_queues(model)
-    assert record["state"] == "cancelled", record
+    assert record["state"] == "cancelled", story
     assert record["error"] == "cancelled by the client while running"
 
 

@@ -15,7 +15,7 @@ from genq.schema import JobRecord, JobState
 from producers import Client
 from producers.queues import purge_model
 from scheduler import static_key
-from scheduler.audit import Start, overtakings_past_bound
+from scheduler.overtaking import Start, overtakings_past_bound
 
 # A job climbs one level per second here, so the bound is seconds, not minutes.
 ALPHA, BETA = 1.0, 1.0

@@ -18,10 +18,10 @@ from genq.local import WorkerProcess, wait_for
 from genq.schema import JobSpec, JobState
 from genq.store import new_record_fields
 from producers import Client
-from producers.audit import audit
 from producers.chaos import worker_info
 from producers.dead import list_dead
 from producers.queues import purge_model
+from producers.reliability import audit
 from tests.integration.damage import (
     JOBS,
     assert_all_succeeded_once,

@@ -14,8 +14,8 @@ import pytest
 from genq.local import WorkerProcess, wait_for
 from genq.schema import JobRecord, JobState
 from producers import Client
-from producers.audit import audit
 from producers.queues import purge_model
+from producers.reliability import audit
 from tests.integration.private_redis import PrivateRedis
 
 # Leases shorter than the outage: running jobs' leases expire while Redis is away, so the

@@ -13,8 +13,8 @@ from genq import names
 from genq.local import wait_for
 from genq.schema import JobState
 from producers import Client
-from producers.audit import audit
 from producers.queues import purge_model
+from producers.reliability import audit
 from tests.integration.damage import assert_all_succeeded_once, submit_batch, wait_until_running
 
 # Short leases so a dead worker's jobs come back within seconds, not half a minute.
