@@ -6,8 +6,8 @@ Linux lets a process use them only after it has asked (arch_prctl ARCH_REQ_XCOMP
 vLLM's model process asks only by the way: oneDNN does when a matrix product is big
 enough for its AMX path. A first forward pass of a few tokens (a short first prompt)
 reaches the attention kernel before that, and the model process dies of SIGILL, taking
-the engine and the worker with it (seen on an AMX Xeon VM with vLLM alone too: a 4-token
-first prompt). Asking up front removes the dependence on what runs first."""
+the engine and the worker with it (vLLM alone too, given a 4-token first prompt). Asking up
+front removes the dependence on what runs first."""
 
 from __future__ import annotations
 

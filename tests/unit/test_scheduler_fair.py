@@ -149,7 +149,7 @@ def test_with_output_charged_at_the_end_the_bound_grows_by_what_is_in_flight(
     # Over a stretch, the counter gap at each edge (2x the bound) plus what the edges let in
     # besides: the last pop's prompt charge (U_p), and the outputs charged between the pop
     # before the stretch and its first (≤ C·U_o), which the service counts and the first
-    # gap does not (hypothesis found 801, then 901, against 2 * 400).
+    # gap does not (2 × 400 alone is exceeded: 801 and 901 are reachable).
     for run in _stretches(pops, "A", "B"):
         assert abs(_served_in(run, pops, "A") - _served_in(run, pops, "B")) \
             <= 2 * bound + 100 + slots * 300
