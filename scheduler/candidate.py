@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["Candidate"]
 
@@ -18,7 +18,9 @@ class Candidate(Generic[T]):
     priority: int
     enqueued_at: float
     tenant: str = "default"
-    payload: Any = field(default=None, compare=False)
+    payload: T = field(default=None, compare=False)  # type: ignore[assignment]
+    """What the caller keeps with it (the worker: its Job); a bare Candidate is
+    Candidate[None]."""
     cost: float = 1.0
     """Service charged to the tenant when the job is admitted (`fair` policy only): its
     prompt tokens, as VTC charges input at admission. The default, 1, makes an unset cost
