@@ -13,7 +13,7 @@ import pika
 
 from genq import names
 from genq.errors import NotFoundError
-from genq.protocol import encode_task
+from genq.protocol import dead_letter_attempts, dead_letter_reason, message_job_id
 from genq.tls import pika_parameters
 from producers.client import Client
 from producers.publisher import OutgoingJob
@@ -40,10 +40,9 @@ def _scan(client: Client, model: str) -> tuple[Any, Any, list[tuple[int, DeadLet
         if method is None:
             break
         headers = props.headers or {}
-        job_id = headers.get("id") if isinstance(headers.get("id"), str) else None
         found.append((method.delivery_tag, DeadLetter(
-            job_id, str(headers.get("x-genq-reason", "dead-lettered by RabbitMQ")),
-            int(headers.get("x-genq-attempts", 0) or 0))))
+            message_job_id(headers), dead_letter_reason(headers),
+            dead_letter_attempts(headers))))
     return conn, channel, found
 
 
@@ -61,9 +60,7 @@ def requeue_dead(client: Client, model: str, job_id: str) -> None:
             raise NotFoundError(f"job {job_id}: not in {names.dead_queue(model)}")
         client.store.revive(job_id)
         message = client.store.task_message(job_id)
-        headers, body = encode_task(message.spec, job_id=job_id,
-                                    enqueued_at=message.enqueued_at,
-                                    deadline_at=message.deadline_at, attempts=0)
+        headers, body = message.encode(attempts=0)
         client.publisher.publish([OutgoingJob(job_id, model, message.spec.priority,
                                               headers, body)])
         channel.basic_ack(tag)

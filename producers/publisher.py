@@ -31,7 +31,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from genq import names
 from genq.errors import PublishError
-from genq.protocol import CONTENT_TYPE
+from genq.protocol import message_properties
 from genq.tls import pika_parameters
 from genq.topology import TOP_TURN, declare_model
 
@@ -178,10 +178,7 @@ class _Link:
                     routing_key=names.level_routing_key(job.model, job.level),
                     body=job.body,
                     properties=pika.BasicProperties(
-                        content_type=CONTENT_TYPE, content_encoding="utf-8",
-                        delivery_mode=pika.DeliveryMode.Persistent,
-                        correlation_id=job.job_id, headers=job.headers,
-                        priority=job.turn),
+                        **message_properties(job.job_id, job.headers, turn=job.turn)),
                     mandatory=True,
                 )
         except Exception as exc:  # the channel or socket went while publishing

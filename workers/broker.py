@@ -27,7 +27,7 @@ import pika
 import pika.exceptions
 
 from genq import names
-from genq.protocol import CONTENT_TYPE
+from genq.protocol import message_properties
 from genq.tls import pika_parameters
 from genq.topology import TOP_TURN, declare_model
 
@@ -208,14 +208,10 @@ class BrokerLink:
             try:
                 self._publish_channel.basic_publish(
                     exchange=exchange, routing_key=routing_key, body=body, mandatory=True,
+                    # Handed back or republished: older than nearly all that queued behind
+                    # it, so back at the top turn (scheduler/turns.py).
                     properties=pika.BasicProperties(
-                        content_type=CONTENT_TYPE, content_encoding="utf-8",
-                        delivery_mode=pika.DeliveryMode.Persistent,
-                        correlation_id=job_id, headers=headers,
-                        # Handed back or republished: older than nearly all that queued
-                        # behind it, so back at the top turn (scheduler/turns.py).
-                        priority=TOP_TURN,
-                    ),
+                        **message_properties(job_id, headers, turn=TOP_TURN)),
                 )
                 future.set_result(None)
             except Exception as exc:

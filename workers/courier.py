@@ -10,10 +10,10 @@ instead of coming back: a job that crashes whatever runs it must not take the fl
 forever.
 
 Crash suspects: a job running when its engine died carries the number of such deaths in
-its message (CRASHES_HEADER). Every job in the batch dies with the engine, and only one of
-them may be to blame, so a worker never runs two suspects at once: a poison job then takes
-each innocent bystander down at most once, and the bystanders never reach max_attempts on
-its account."""
+its message (genq.protocol.CRASHES_HEADER). Every job in the batch dies with the engine, and
+only one of them may be to blame, so a worker never runs two suspects at once: a poison job
+then takes each innocent bystander down at most once, and the bystanders never reach
+max_attempts on its account."""
 
 from __future__ import annotations
 
@@ -23,25 +23,23 @@ from typing import Any
 
 from genq import names
 from genq.errors import ValidationError
-from genq.protocol import TaskMessage, encode_task
-from genq.schema import JobSpec, JobState
+from genq.protocol import (
+    CRASHES_HEADER,
+    TaskMessage,
+    crashes,
+    dead_letter_headers,
+    message_job_id,
+)
+from genq.schema import JobState
 from workers.broker import BrokerLink
 from workers.ledger import Ledger
 
+# CRASHES_HEADER and crashes live in genq.protocol; named here too for the worker's callers.
 __all__ = ["CRASHES_HEADER", "Courier", "crashes"]
 
 log = logging.getLogger(__name__)
 
 _PUBLISH_TIMEOUT = 30.0
-
-CRASHES_HEADER = "genq_crashes"
-"""Message header: engine deaths this job was running at (absent: none)."""
-
-
-def crashes(headers: dict[str, Any]) -> int:
-    """Engine deaths a delivered job was running at (a crash suspect if > 0)."""
-    value = headers.get(CRASHES_HEADER)
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 class Courier:
@@ -61,10 +59,7 @@ class Courier:
         ), _PUBLISH_TIMEOUT)
 
     async def republish(self, message: TaskMessage, *, attempts: int, crashes: int = 0) -> None:
-        headers, body = encode_task(
-            message.spec, job_id=message.job_id, enqueued_at=message.enqueued_at,
-            deadline_at=message.deadline_at, attempts=attempts,
-        )
+        headers, body = message.encode(attempts=attempts)
         if crashes:
             headers[CRASHES_HEADER] = crashes
         await self._publish(names.EXCHANGE,
@@ -92,13 +87,7 @@ class Courier:
                 await self._ledger.release(job_id, lease)
                 continue
             try:
-                message = TaskMessage(
-                    job_id=job_id,
-                    spec=JobSpec.model_validate_json(raw["spec"]),
-                    enqueued_at=float(raw["enqueued_at"]),
-                    deadline_at=float(raw["deadline_at"]) if raw.get("deadline_at") else None,
-                    attempts=int(raw.get("attempts", 0)),
-                )
+                message = TaskMessage.from_record(job_id, raw)
             except (KeyError, ValueError) as exc:
                 await self._ledger.finish(job_id, JobState.FAILED,
                                           error=f"record unreadable after its worker died: {exc}")
@@ -125,9 +114,7 @@ class Courier:
         outcome = await self._ledger.finish(message.job_id, JobState.FAILED, error=reason)
         if outcome not in ("ok", "promoted"):
             return outcome
-        headers, body = encode_task(message.spec, job_id=message.job_id,
-                                    enqueued_at=message.enqueued_at,
-                                    deadline_at=message.deadline_at, attempts=attempts)
+        headers, body = message.encode(attempts=attempts)
         await self.dead_letter(headers, body, reason=reason, attempts=attempts,
                                job_id=message.job_id)
         log.error("job %s: failed and dead-lettered: %s", message.job_id, reason)
@@ -136,13 +123,13 @@ class Courier:
     async def dead_letter(self, headers: dict[str, Any], body: bytes, *, reason: str,
                           attempts: int, job_id: str | None) -> None:
         """Keep a copy of a message that can't run in `<model>.dead`, with why."""
-        dead_headers = {**headers, "x-genq-reason": reason, "x-genq-attempts": attempts}
+        dead_headers = dead_letter_headers(headers, reason=reason, attempts=attempts)
         await self._publish(names.DEAD_EXCHANGE, names.dead_routing_key(self._model),
                             dead_headers, body, job_id or "")
 
     async def reject(self, headers: dict[str, Any], body: bytes, error: ValidationError) -> None:
         """A message that is not a valid genq job: dead-letter it; fail its record if any."""
-        job_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+        job_id = message_job_id(headers)
         reason = f"malformed message: {error}"
         await self.dead_letter(headers, body, reason=reason, attempts=0, job_id=job_id)
         if job_id:

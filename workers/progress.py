@@ -25,7 +25,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from genq import names
-from genq.protocol import TaskMessage
+from genq.protocol import (
+    PROGRESS_ATTEMPT,
+    PROGRESS_END,
+    PROGRESS_END_ERROR,
+    PROGRESS_END_OK,
+    PROGRESS_OFFSET,
+    PROGRESS_TEXT,
+    TaskMessage,
+)
 from genq.tasks import stop_tasks
 from workers.engine import Engine, Generation
 
@@ -164,7 +172,7 @@ class _Stream:
             self._progress.due(self)
 
     def close(self, ok: bool) -> None:
-        self._end = "ok" if ok else "error"
+        self._end = PROGRESS_END_OK if ok else PROGRESS_END_ERROR
         if self._open:
             self._progress.due(self)
 
@@ -177,12 +185,13 @@ class _Stream:
         pieces, self._pending, end = self._pending, [], self._end
         if pieces:
             text = "".join(pieces)
-            fields: dict[Any, Any] = {"a": self._attempt, "o": self._offset, "t": text}
+            fields: dict[Any, Any] = {PROGRESS_ATTEMPT: self._attempt,
+                                      PROGRESS_OFFSET: self._offset, PROGRESS_TEXT: text}
             pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
             self._offset += len(text)
         if end is not None:
-            pipe.xadd(self._key, {"a": self._attempt, "end": end}, maxlen=_MAX_ENTRIES,
-                      approximate=True)
+            pipe.xadd(self._key, {PROGRESS_ATTEMPT: self._attempt, PROGRESS_END: end},
+                      maxlen=_MAX_ENTRIES, approximate=True)
         # The TTL is renewed at the first write, the end, and once in a while between.
         if end is not None or now >= self._expires_at:
             pipe.expire(self._key, _TTL_SECONDS)

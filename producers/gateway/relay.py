@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from genq import names
+from genq.protocol import PROGRESS_END, PROGRESS_END_OK, PROGRESS_OFFSET, PROGRESS_TEXT
 from genq.schema import JobRecord
 from producers.gateway.streams import StreamHub
 from producers.gateway.waiter import Waiter
@@ -126,14 +127,14 @@ async def relay(hub: StreamHub, waiter: Waiter, job_ids: list[str], *,
                 if choice is None:
                     continue
                 for _entry_id, fields in entries:
-                    if "end" in fields:
+                    if PROGRESS_END in fields:
                         # ok: the record is being stored. error: that attempt gave nothing;
                         # the record says whether the job failed or another attempt follows.
-                        if fields["end"] == "ok":
+                        if fields[PROGRESS_END] == PROGRESS_END_OK:
                             ending.append(choice.job_id)
                         check = True
                         continue
-                    new = choice.take(int(fields["o"]), fields["t"])
+                    new = choice.take(int(fields[PROGRESS_OFFSET]), fields[PROGRESS_TEXT])
                     if new:
                         yield Piece(choice.index, new)
             if ending:
