@@ -1,21 +1,31 @@
 """The worker's side of the job store (asyncio): admit, finish, leases, reaping.
 
-The scripts themselves live in genq/store.py, shared with the client, so both sides apply
-the same rules to a job record."""
+The scripts themselves live in genq/store (one `.lua` file each), shared with the client, so
+both sides apply the same rules to a job record."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from genq import names
 from genq.schema import JobState
-from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, SCRIPT_PREFIXES, celery_meta, date_done
+from genq.store import ADMIT, FINISH, HANDBACK, RELEASE, celery_meta, date_done
+from genq.store.scripts import (
+    admit_args,
+    admit_keys,
+    finish_args,
+    finish_keys,
+    handback_args,
+    handback_keys,
+    release_args,
+    release_keys,
+)
 from genq.tls import redis_from_url
 
 __all__ = ["Ledger"]
@@ -56,9 +66,12 @@ class Ledger:
         # Redis whether they exist (SCRIPT EXISTS) before every execute, a second round
         # trip per admission.
         pipe = self.redis.pipeline(transaction=False)
+        started = repr(now)
         for job_id in job_ids:
-            pipe.evalsha(self._admit.sha, 2, names.job_key(job_id), names.LEASES,
-                         job_id, repr(now), self._worker, expiry)
+            keys = admit_keys(job_id)
+            pipe.evalsha(self._admit.sha, len(keys), *keys,
+                         *admit_args(job_id=job_id, now=started, worker=self._worker,
+                                     lease_expiry=expiry))
         return [str(r) for r in await pipe.execute()]
 
     async def finish(
@@ -71,7 +84,7 @@ class Ledger:
         fields: dict[str, str] | None = None,
     ) -> str:
         """Store a terminal state and result, unless the job already has one (first wins),
-        and settle its single flight in the same step (see genq/store.py): followers get the
+        and settle its single flight in the same step (see genq/store/flight.lua): followers get the
         result, or the failure, or (the leader cancelled or expired) one of them is promoted
         to run in its place. Returns `ok`, `promoted` (call `Courier.reap` to publish the
         promoted follower now: its lease is already expired), `missing`, or the state the job
@@ -87,17 +100,14 @@ class Ledger:
             values["finish_reason"] = result.get("finish_reason") or ""
             values["usage"] = json.dumps(result["usage"])
             result_json = json.dumps(result)
-        args: list[Any] = [
-            *SCRIPT_PREFIXES, job_id, self._ttl,
-            celery_meta(job_id, state, result, error=error, date=date),
-            repr(now), date, result_json, repr(now),
-        ]
-        for k, v in values.items():
-            args += [k, v]
-        return str(await self._finish(
-            keys=[names.job_key(job_id), names.LEASES, names.celery_result_key(job_id)],
-            args=args,
-        ))
+        # A follower promoted here gets a lease expired at once: see `Courier.reap`.
+        args = finish_args(
+            job_id=job_id, ttl=self._ttl,
+            celery_meta=celery_meta(job_id, state, result, error=error, date=date),
+            now=repr(now), date_done=date, result_json=result_json, promote_lease=repr(now),
+            fields=values,
+        )
+        return str(await self._finish(keys=finish_keys(job_id), args=args))
 
     async def renew(self, job_ids: Sequence[str]) -> None:
         """Push the leases of running jobs forward (XX: never resurrect a removed one)."""
@@ -110,18 +120,19 @@ class Ledger:
         where lease is what to pass to `release` once the republish is confirmed, and
         crashes counts the engine deaths the job was running at (`crashed`: one more)."""
         lease = repr(time.time() + self._lease)
-        key = names.job_key(job_id)
-        outcome = str(await self._handback(keys=[key, names.LEASES], args=[job_id, lease]))
+        outcome = str(await self._handback(keys=handback_keys(job_id),
+                                           args=handback_args(job_id=job_id, lease=lease)))
         crashes = 0
         if outcome == "queued":
             # Apart from HANDBACK, and harmless if lost: it only decides how cautiously the
-            # job runs next (see Courier.CRASHES_HEADER).
-            crashes = int(await self.redis.hincrby(key, "crashes", 1 if crashed else 0))
+            # job runs next (see genq.protocol.CRASHES_HEADER).
+            crashes = int(await self.redis.hincrby(names.job_key(job_id), "crashes",
+                                                   1 if crashed else 0))
         return outcome, lease, crashes
 
     async def release(self, job_id: str, lease: str) -> str:
-        return str(await self._release(keys=[names.job_key(job_id), names.LEASES],
-                                       args=[job_id, lease]))
+        return str(await self._release(keys=release_keys(job_id),
+                                       args=release_args(job_id=job_id, lease=lease)))
 
     async def expired_leases(self, model: str, limit: int = 100) -> list[tuple[str, str]]:
         """Expired leases of `model`'s jobs, each claimed for this reaper alone.
@@ -132,15 +143,16 @@ class Ledger:
         claimed: list[tuple[str, str]] = []
         start, now = 0, time.time()
         while len(claimed) < limit:
-            rows = await self.redis.zrangebyscore(names.LEASES, "-inf", now, start=start,
-                                                  num=_REAP_PAGE, withscores=True)
+            # decode_responses: (ID, score) pairs, which redis-py's types cannot know.
+            rows = cast("list[tuple[str, float]]", await self.redis.zrangebyscore(
+                names.LEASES, "-inf", now, start=start, num=_REAP_PAGE, withscores=True))
             if not rows:
                 break
             start += len(rows)
             pipe = self.redis.pipeline(transaction=False)
             for job_id, _score in rows:
                 pipe.hget(names.job_key(job_id), "model")
-            for (job_id, score), owner in zip(rows, await pipe.execute()):
+            for (job_id, score), owner in zip(rows, await pipe.execute(), strict=False):
                 if owner is None:
                     await self.redis.zrem(names.LEASES, job_id)
                 elif owner == model and await self.redis.set(
@@ -150,7 +162,7 @@ class Ledger:
         return claimed
 
     async def record(self, job_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(names.job_key(job_id))
+        return cast("dict[str, str]", await self.redis.hgetall(names.job_key(job_id)))
 
     async def mark_failed_if_known(self, job_id: str, error: str) -> None:
         """A malformed message whose ID we can read: fail its record so nobody waits on it."""
