@@ -37,7 +37,7 @@ from genq.protocol import (
 from genq.tasks import stop_tasks
 from workers.engine import Engine, Generation
 
-__all__ = ["EarlyStart", "Progress", "generate"]
+__all__ = ["Progress", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +70,6 @@ async def generate(engine: Engine, progress: Progress, message: TaskMessage, *,
         stream.close(ok)
         if ok:  # the end entry must be in before the result is stored
             await stream.ended
-
-
-class EarlyStart:
-    """A job in the engine while its admission is still being decided (see the consumer's
-    admission loop): `generate` under a gate that `admit` or `abandon` settles once."""
-
-    def __init__(self, engine: Engine, progress: Progress, message: TaskMessage, *,
-                 prompt: Awaitable[Any] | None) -> None:
-        self._gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(
-            generate(engine, progress, message, prompt=prompt, admitted=self._gate),
-            name=f"early-{message.job_id}")
-
-    def admit(self) -> asyncio.Task[Generation]:
-        """It runs here: what it streams may go out; await the task for its result."""
-        self._gate.set_result(True)
-        return self._task
-
-    def abandon(self) -> None:
-        """It does not run here: aborted in the engine, nothing of it published."""
-        if not self._gate.done():
-            self._gate.set_result(False)
-        self._task.cancel()
-        # Its failure (say the engine rejected the prompt) is nobody's to report now.
-        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class Progress:
