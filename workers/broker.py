@@ -1,20 +1,24 @@
 """The worker's link to RabbitMQ: one thread that owns a pika connection.
 
-pika connections are not thread-safe, so every broker operation runs on this thread: the
-asyncio side asks for acks and publishes through `add_callback_threadsafe`, and deliveries
-come back to the event loop with `call_soon_threadsafe`. Both ways, what a burst queues is
-handed over with one wake-up, not one per message: the wake-ups were most of the worker's
-CPU outside vLLM.
+pika connections are not thread-safe, so every broker operation runs on this thread. The
+worker's event loop asks for them through one command queue (settle, publish, take, surge),
+which the thread drains once per round, between rounds of pika's event processing and never
+inside a pika callback (a confirm-mode publish or a basic.cancel blocks, and blocking inside
+a callback can wait on the very loop it blocks). The first command after a drain wakes the
+thread; the rest of a burst (an admission acks its whole batch) rides along: one wake-up per
+burst, not per message, as vLLM's engine core drains its input queue. Deliveries go the
+other way, each with `call_soon_threadsafe`.
 
 Credit: one consumer per level queue, each with prefetch `window` (basic.qos with
 global=false is per consumer in RabbitMQ). Jobs are acked when they are admitted into the
-engine (see workers/consumer.py), so what a worker holds unacked is only its not-yet-started
+engine (workers/admission.py), so what a worker holds unacked is only its not-yet-started
 window: at most levels × window messages, whatever the batch size. While the engine is nearly
 empty, a second consumer per level queue takes more at once (`surge`, scheduler/surge.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -38,9 +42,9 @@ log = logging.getLogger(__name__)
 # Reconnect backoff: quick first retries for a blip, capped so a long outage costs little.
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 5.0
-# How long the thread processes events before it looks at its outbox and consumers on its
-# own. Whoever queues work for it wakes it at once (`_call`), so this is only a backstop:
-# at 0.05 s the polling alone cost the worker ~1 ms of CPU per job on the bench workload.
+# How long the thread processes events before it drains its commands on its own. Whoever
+# queues one wakes it at once (`_wake`), so this is only a backstop: polling every 0.05 s
+# alone cost the worker ~1 ms of CPU per job on the bench workload.
 _POLL_SECONDS = 1.0
 
 
@@ -56,7 +60,40 @@ class Delivery:
     level: int
     headers: dict[str, Any]
     body: bytes
-    redelivered: bool
+
+
+# -- commands: what the event loop asks of the thread -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    epoch: int
+    tag: int
+    requeue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    body: bytes
+    job_id: str
+    future: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    on: bool
+    future: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Surge:
+    prefetch: int
+
+
+_Command = _Settle | _Publish | _Take | _Surge
 
 
 class BrokerLink:
@@ -80,29 +117,30 @@ class BrokerLink:
         self._loop = loop
         self._on_delivery = on_delivery
         self._on_reset = on_reset
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._wake_sent = False
+        """A wake-up is on its way to the thread: commands queued meanwhile ride along."""
+        self._stopping = threading.Event()
+        self._consuming = True
+        """False once the worker stops (`pause`): deliveries go straight back."""
+        self._thread = threading.Thread(target=self._run, name="genq-broker", daemon=True)
+        # The thread's own state, touched by no other thread.
         self._epoch = 0
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._publish_channel: Any = None
-        self._consumer_tags: list[str] = []
+        self._taking = True
+        """False while the worker holds off (`take`): no consumers, nothing delivered."""
         self._surge = 0
         """The surge consumers' prefetch asked for (0: none); `_surge_applied` is what runs."""
         self._surge_applied = 0
+        self._consumer_tags: list[str] = []
         self._surge_tags: list[str] = []
         self._own_cancels: set[str] = set()
         self._cancelled_by_broker = ""
-        self._stopping = threading.Event()
-        self._consuming = True
-        self._taking = True
-        """False while the worker holds off (see `take`): no consumers, nothing delivered."""
-        self._outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._settlements: queue.SimpleQueue[tuple[int, int, bool]] = queue.SimpleQueue()
-        self._settle_scheduled = False
-        self._deliveries: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
-        self._delivery_scheduled = False
-        self._take_waiters: queue.Queue[Future[None]] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="genq-broker", daemon=True)
-        self.connected = threading.Event()
+        self._take_waiters: list[Future[None]] = []
+        self._unsent: list[_Publish] = []
+        """Publishes drained while no connection was up: sent on the next one."""
 
     # -- lifecycle (any thread) -------------------------------------------------------------
 
@@ -112,76 +150,17 @@ class BrokerLink:
     def stop(self, timeout: float = 10.0) -> None:
         """Close the connection: the broker requeues every unacked (held) message."""
         self._stopping.set()
-        self._call(lambda: None)  # wake the loop
+        self._wake()
         self._thread.join(timeout)
 
-    # -- operations (any thread) ------------------------------------------------------------
+    # -- commands (the event loop) ----------------------------------------------------------
 
     def ack(self, epoch: int, tag: int) -> None:
-        self._settle(epoch, tag, requeue=False)
+        self._send(_Settle(epoch, tag, requeue=False))
 
     def requeue(self, epoch: int, tag: int) -> None:
         """Give a held message back to its queue (it keeps its place at the head)."""
-        self._settle(epoch, tag, requeue=True)
-
-    def _settle(self, epoch: int, tag: int, *, requeue: bool) -> None:
-        # Queued, and the thread woken once for all that a burst queues (an admission acks
-        # its whole batch): a wake-up per ack was most of this thread's CPU.
-        self._settlements.put((epoch, tag, requeue))
-        if not self._settle_scheduled:
-            self._settle_scheduled = True
-            if not self._call(self._settle_all):
-                self._settle_scheduled = False  # no connection: its messages went back
-
-    def _settle_all(self) -> None:
-        self._settle_scheduled = False  # first: what is queued after this gets a new call
-        while True:
-            try:
-                epoch, tag, requeue = self._settlements.get_nowait()
-            except queue.Empty:
-                return
-            if epoch != self._epoch or self._channel is None or not self._channel.is_open:
-                continue  # that connection's messages went back to the broker with it
-            if requeue:
-                self._channel.basic_nack(tag, requeue=True)
-            else:
-                self._channel.basic_ack(tag)
-
-    def pause(self) -> None:
-        """Stop taking new messages (shutdown); keep the connection so acks of admitted jobs
-        and hand-back publishes still go through. Deliveries already on the wire go straight
-        back (no blocking basic.cancel here: a blocking call inside this thread's callbacks
-        can wait forever on the very loop it blocks)."""
-        self._consuming = False
-
-    def take(self, on: bool) -> Future[None]:
-        """Consume, or not: a worker whose engine stays full gives its window back and stops
-        consuming, so the jobs it would hold wait in RabbitMQ where other workers see them
-        (workers/consumer.py). Applied by the thread between rounds (basic.cancel blocks);
-        the future is done once it was, or once there is no connection to apply it to."""
-        future: Future[None] = Future()
-        self._taking = on
-        self._take_waiters.put(future)
-        if not self._call(lambda: None):  # wake the loop; no connection: nothing to cancel
-            self._settle_take_waiters()
-        return future
-
-    def surge(self, prefetch: int) -> None:
-        """Consume each level queue a second time with this prefetch, or (0) stop: an engine
-        with far more room than the windows fill per round trip (scheduler/surge.py). Applied
-        by the thread between rounds, like `take`; a worker not taking has no surge."""
-        if prefetch != self._surge:
-            self._surge = prefetch
-            self._call(lambda: None)  # wake the thread; no connection: nothing to apply
-
-    def _settle_take_waiters(self) -> None:
-        while True:
-            try:
-                future = self._take_waiters.get_nowait()
-            except queue.Empty:
-                return
-            if not future.done():
-                future.set_result(None)
+        self._send(_Settle(epoch, tag, requeue=True))
 
     def publish(
         self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes,
@@ -189,49 +168,57 @@ class BrokerLink:
     ) -> Future[None]:
         """Publish with a broker confirm; the future fails if it was not confirmed."""
         future: Future[None] = Future()
-        if self._conn is None or not self._conn.is_open:
+        if not self._connected():
             future.set_exception(ConnectionError("not connected to the broker"))
             return future
-        self._outbox.put((exchange, routing_key, headers, body, job_id, future))
-        self._call(lambda: None)  # wake the thread: it publishes between rounds
+        self._send(_Publish(exchange, routing_key, headers, body, job_id, future))
         return future
 
-    def _drain_outbox(self) -> None:
-        """Publish what the loop asked for. Done here, between event-processing rounds and
-        never inside a pika callback: a confirm-mode publish blocks until the broker acks,
-        and blocking inside a callback can wait on the loop it blocks."""
-        while True:
-            try:
-                exchange, routing_key, headers, body, job_id, future = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._publish_channel.basic_publish(
-                    exchange=exchange, routing_key=routing_key, body=body, mandatory=True,
-                    # Handed back or republished: older than nearly all that queued behind
-                    # it, so back at the top turn (scheduler/turns.py).
-                    properties=pika.BasicProperties(
-                        **message_properties(job_id, headers, turn=TOP_TURN)),
-                )
-                future.set_result(None)
-            except Exception as exc:
-                future.set_exception(exc)
-                # The connection or the publish channel is gone (a closed channel stays
-                # closed): start over on a new connection. A nack or an unroutable return
-                # fails only its own publish.
-                if isinstance(exc, (pika.exceptions.AMQPConnectionError,
-                                    pika.exceptions.AMQPChannelError)):
-                    raise
+    def take(self, on: bool) -> Future[None]:
+        """Consume, or not: a worker whose engine stays full gives its window back and stops
+        consuming, so the jobs it would hold wait in RabbitMQ where other workers see them
+        (workers/credit.py). The future is done once the consumers were started or
+        cancelled, or at once if there is no connection to apply it to (the next one is
+        set up as asked)."""
+        future: Future[None] = Future()
+        self._send(_Take(on, future))
+        if not self._connected():
+            future.set_result(None)
+        return future
 
-    def _call(self, fn: Callable[[], None]) -> bool:
+    def surge(self, prefetch: int) -> None:
+        """Consume each level queue a second time with this prefetch, or (0) stop: an engine
+        with far more room than the windows fill per round trip (scheduler/surge.py). A
+        worker not taking has no surge."""
+        self._send(_Surge(prefetch))
+
+    def pause(self) -> None:
+        """Stop taking new messages (shutdown); keep the connection so acks of admitted jobs
+        and hand-back publishes still go through. Deliveries already on the wire go straight
+        back to their queues."""
+        self._consuming = False
+
+    def _send(self, command: _Command) -> None:
+        self._commands.put(command)
+        if not self._wake_sent:
+            self._wake_sent = True
+            if not self._wake():
+                self._wake_sent = False  # no connection: drained when the next one is up
+
+    def _wake(self) -> bool:
+        """Make the thread's current round end, so it drains its commands."""
         conn = self._conn
         if conn is None or not conn.is_open:
             return False
         try:
-            conn.add_callback_threadsafe(fn)
+            conn.add_callback_threadsafe(lambda: None)
             return True
-        except Exception:  # closed between the check and the call
+        except Exception:  # noqa: BLE001 - closed between the check and the call
             return False
+
+    def _connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.is_open
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -247,26 +234,21 @@ class BrokerLink:
                 self._connect()
                 delay = _BACKOFF_FIRST
                 while not self._stopping.is_set():
+                    self._drain()
                     self._conn.process_data_events(time_limit=_POLL_SECONDS)  # type: ignore[union-attr]
                     if self._cancelled_by_broker:
                         raise _ConsumerCancelled(
                             f"the broker cancelled consumer {self._cancelled_by_broker} "
                             "(its queue deleted?)")
-                    self._drain_outbox()
-                    self._settle_all()  # in case a scheduled call died with a connection
-                    self._sync_consumers()
             except (pika.exceptions.AMQPError, OSError, _ConsumerCancelled) as exc:
                 log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)
             except Exception:  # a bug in a callback must not end consuming for good
                 log.exception("broker link failed; reconnecting in %.1f s", delay)
             finally:
-                self.connected.clear()
                 self._close()
-                self._settle_take_waiters()  # the held messages went back with the connection
-                try:
+                self._drain()  # takes and surges noted, publishes kept for the next connection
+                with contextlib.suppress(RuntimeError):  # the loop is closed: exiting
                     self._loop.call_soon_threadsafe(self._on_reset, self._epoch)
-                except RuntimeError:  # the event loop is closed: the worker is exiting
-                    pass
             if not self._stopping.wait(delay):
                 delay = min(delay * 2, _BACKOFF_MAX)
 
@@ -285,12 +267,62 @@ class BrokerLink:
         self._consumer_tags = []
         self._surge_tags = []
         self._surge_applied = 0
-        self._own_cancels: set[str] = set()
+        self._own_cancels = set()
         self._cancelled_by_broker = ""
-        if self._consuming and self._taking:
-            self._consume_all(self._consumer_tags)
-        self.connected.set()
         log.info("broker connected (epoch %d)", self._epoch)
+
+    def _drain(self) -> None:
+        """Carry out every command queued, then start or cancel consumers as asked. Without
+        a connection, only the asked-for state is noted (settlements are moot: their
+        messages went back with the connection)."""
+        self._wake_sent = False  # first: a command queued after this wakes the next round
+        live = self._channel is not None and self._channel.is_open
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, _Settle):
+                if live and command.epoch == self._epoch:
+                    if command.requeue:
+                        self._channel.basic_nack(command.tag, requeue=True)
+                    else:
+                        self._channel.basic_ack(command.tag)
+            elif isinstance(command, _Publish):
+                self._unsent.append(command)
+            elif isinstance(command, _Take):
+                self._taking = command.on
+                self._take_waiters.append(command.future)
+            else:
+                self._surge = command.prefetch
+        if live:
+            while self._unsent:
+                self._publish(self._unsent.pop(0))  # raises if the connection went
+            self._sync_consumers()
+        for future in self._take_waiters:
+            if not future.done():
+                future.set_result(None)
+        self._take_waiters = []
+
+    def _publish(self, command: _Publish) -> None:
+        try:
+            self._publish_channel.basic_publish(
+                exchange=command.exchange, routing_key=command.routing_key, body=command.body,
+                mandatory=True,
+                # Handed back or republished: older than nearly all that queued behind
+                # it, so back at the top turn (scheduler/turns.py).
+                properties=pika.BasicProperties(
+                    **message_properties(command.job_id, command.headers, turn=TOP_TURN)),
+            )
+            command.future.set_result(None)
+        except Exception as exc:  # the publisher hears of any failure
+            command.future.set_exception(exc)
+            # The connection or the publish channel is gone (a closed channel stays
+            # closed): start over on a new connection. A nack or an unroutable return
+            # fails only its own publish.
+            if isinstance(exc, (pika.exceptions.AMQPConnectionError,
+                                pika.exceptions.AMQPChannelError, OSError)):
+                raise
 
     def _consume_all(self, tags: list[str]) -> None:
         # Highest level first: after a restart, or a hold-off, its head is the first job
@@ -325,7 +357,6 @@ class BrokerLink:
                 self._consume_all(self._surge_tags)
                 self._channel.basic_qos(prefetch_count=self._window, global_qos=False)
             self._surge_applied = surge
-        self._settle_take_waiters()
 
     def _cancelled(self, frame: Any) -> None:
         # Noted here, acted on by the loop: pika logs any exception raised in a callback.
@@ -338,28 +369,13 @@ class BrokerLink:
             if not self._consuming:  # shutting down: back to the queue for another worker
                 ch.basic_nack(method.delivery_tag, requeue=True)
                 return
-            self._deliveries.put(Delivery(epoch, method.delivery_tag, level,
-                                          props.headers or {}, body, method.redelivered))
-            if not self._delivery_scheduled:  # one loop wake-up for a burst, as for acks
-                self._delivery_scheduled = True
-                self._loop.call_soon_threadsafe(self._hand_over)
+            self._loop.call_soon_threadsafe(
+                self._on_delivery,
+                Delivery(epoch, method.delivery_tag, level, props.headers or {}, body))
         return on_message
-
-    def _hand_over(self) -> None:
-        """On the worker's loop: pass on what arrived."""
-        self._delivery_scheduled = False
-        while True:
-            try:
-                delivery = self._deliveries.get_nowait()
-            except queue.Empty:
-                return
-            self._on_delivery(delivery)
 
     def _close(self) -> None:
         conn, self._conn, self._channel, self._publish_channel = self._conn, None, None, None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(Exception):  # the socket is already gone
                 conn.close()
-            except Exception:  # the socket is already gone
-                pass
-

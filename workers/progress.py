@@ -8,8 +8,8 @@ and publishes nothing.
 Writes are batched by the round trip, across jobs: pieces that arrive while one write is in
 flight go out together in the next, one pipeline for every streaming job of the worker, so
 streaming costs one Redis round trip per round, not one per job or per token, however many
-jobs stream and however fast the engine runs. The final `end` entry is written before the consumer stores the
-result, so a reader that sees it knows the record is about to say the rest.
+jobs stream and however fast the engine runs. The final `end` entry is written before the
+job's result is stored, so a reader that sees it knows the record is about to say the rest.
 
 Progress is best effort: the record is the result. A Redis error here is logged and the
 job goes on; a reader that missed pieces takes the text from the record at the end."""
@@ -36,6 +36,7 @@ from genq.protocol import (
 )
 from genq.tasks import stop_tasks
 from workers.engine import Engine, Generation
+from workers.faults import REDIS_AWAY
 
 __all__ = ["Progress", "generate"]
 
@@ -108,8 +109,10 @@ class Progress:
             ending = [s for s in streams if s.write_into(pipe, now)]
             try:
                 await pipe.execute()
-            except Exception as exc:  # Redis away: the records still get the results
+            except REDIS_AWAY as exc:  # the records still get the results
                 log.warning("progress of %d streams not published: %r", len(streams), exc)
+            except Exception:  # a bug: logged; the writer must go on, or jobs never end
+                log.exception("progress of %d streams not published", len(streams))
             for stream in ending:
                 stream.finish()
 

@@ -156,7 +156,7 @@ class _Worker:
         headers, body = encode_task(JobSpec(model="m", prompt="hi", max_tokens=4),
                                     job_id=job_id, enqueued_at=time.time(), deadline_at=None)
         self.admission.on_delivery(Delivery(epoch=1, tag=tag, level=0, headers=headers,
-                                            body=body, redelivered=False))
+                                            body=body))
 
     def phase(self, job_id: str) -> Phase | None:
         job = self.jobs.get(job_id)
