@@ -17,6 +17,7 @@ import typer
 from genq.errors import GenqError, NotFoundError, ValidationError
 from genq.schema import JobRecord
 from genq.settings import ClientSettings, WorkerSettings
+from scheduler import starvation_bound
 
 __all__ = ["app", "main"]
 
@@ -213,8 +214,9 @@ def config() -> None:
                    f"{s.fair_levels * s.alpha / s.beta:g} s)")
         typer.echo(f"tenant turns     top turn under {c.fair_quantum:g} tokens of demand, one "
                    f"lower per doubling; demand decays over {c.fair_horizon:g} s")
-    typer.echo(f"starvation bound {s.starvation_bound(1):g} s per level apart "
-               f"((alpha/beta)*dp); bottom vs top: {s.starvation_bound(s.levels - 1):g} s")
+    one, whole = (starvation_bound(n, alpha=s.alpha, beta=s.beta) for n in (1, s.levels - 1))
+    typer.echo(f"starvation bound {one:g} s per level apart "
+               f"((alpha/beta)*dp); bottom vs top: {whole:g} s")
     typer.echo(f"models           {', '.join(s.models) or '(none declared: set GENQ_MODELS)'}")
 
 
@@ -390,7 +392,7 @@ def services_check() -> None:
     """Report whether RabbitMQ and Redis answer."""
     from genq import services
     s = ClientSettings()
-    statuses = services.check(broker_url=s.broker_url, redis_url=s.redis_url)
+    statuses = services.check(s)
     _report(statuses)
 
 
@@ -399,7 +401,7 @@ def services_start() -> None:
     """Start local RabbitMQ and Redis if they are installed and not running."""
     from genq import services
     s = ClientSettings()
-    _report(services.start(broker_url=s.broker_url, redis_url=s.redis_url))
+    _report(services.start(s))
 
 
 def _report(statuses: list[Any]) -> None:

@@ -12,6 +12,7 @@ the set-up script, which runs before any Python exists.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ import pika.exceptions
 import redis
 import redis.exceptions
 
-from genq.tls import pika_parameters, redis_from_url
+from genq.tls import TlsSettings, pika_parameters, redis_from_url
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -67,8 +68,8 @@ class ServiceStatus:
     detail: str  # server version when ok; what failed and what to do when not
 
 
-class ServiceUrls(Protocol):
-    """Anything with the two URLs, such as genq's settings classes."""
+class ServiceUrls(TlsSettings, Protocol):
+    """Anything with the two URLs and the TLS settings, such as genq's settings classes."""
 
     @property
     def broker_url(self) -> str: ...
@@ -78,7 +79,7 @@ class ServiceUrls(Protocol):
 
 
 def check(
-    settings: ServiceUrls | None = None,
+    settings: ServiceUrls,
     *,
     broker_url: str | None = None,
     redis_url: str | None = None,
@@ -86,14 +87,15 @@ def check(
 ) -> list[ServiceStatus]:
     """Connect to the broker and to Redis; one status each, broker first.
 
-    URLs come from the keyword arguments, else from `settings`, else the local defaults.
+    URLs come from the keyword arguments, else from `settings`, which also give the TLS.
     """
     broker, results = _urls(settings, broker_url, redis_url)
-    return [_probe_broker(broker, timeout)[0], _probe_redis(results, timeout)[0]]
+    return [_probe_broker(broker, timeout, settings)[0],
+            _probe_redis(results, timeout, settings)[0]]
 
 
 def start(
-    settings: ServiceUrls | None = None,
+    settings: ServiceUrls,
     *,
     broker_url: str | None = None,
     redis_url: str | None = None,
@@ -106,8 +108,8 @@ def start(
     """
     broker, results = _urls(settings, broker_url, redis_url)
     return [
-        _ensure(broker, _probe_broker, _start_rabbitmq, wait),
-        _ensure(results, _probe_redis, _start_redis, wait),
+        _ensure(broker, functools.partial(_probe_broker, tls=settings), _start_rabbitmq, wait),
+        _ensure(results, functools.partial(_probe_redis, tls=settings), _start_redis, wait),
     ]
 
 
@@ -117,8 +119,8 @@ def start(
 _Probe = Callable[[str, float], tuple[ServiceStatus, bool]]
 
 
-def _probe_broker(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
-    params = pika_parameters(_pika_url(url))
+def _probe_broker(url: str, timeout: float, tls: TlsSettings) -> tuple[ServiceStatus, bool]:
+    params = pika_parameters(_pika_url(url), tls)
     # One attempt, bounded at every stage: pika's defaults retry and wait far longer.
     params.connection_attempts = 1
     params.socket_timeout = timeout
@@ -149,8 +151,8 @@ def _probe_broker(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
             connection.close()
 
 
-def _probe_redis(url: str, timeout: float) -> tuple[ServiceStatus, bool]:
-    client = redis_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def _probe_redis(url: str, timeout: float, tls: TlsSettings) -> tuple[ServiceStatus, bool]:
+    client = redis_from_url(url, tls, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
         version = client.info("server").get("redis_version", "?")
@@ -271,13 +273,9 @@ def _run(command: list[str]) -> str | None:
 
 
 def _urls(
-    settings: ServiceUrls | None, broker_url: str | None, redis_url: str | None
+    settings: ServiceUrls, broker_url: str | None, redis_url: str | None
 ) -> tuple[str, str]:
-    broker = broker_url or (
-        str(settings.broker_url) if settings is not None else DEFAULT_BROKER_URL
-    )
-    results = redis_url or (str(settings.redis_url) if settings is not None else DEFAULT_REDIS_URL)
-    return broker, results
+    return broker_url or str(settings.broker_url), redis_url or str(settings.redis_url)
 
 
 def _pika_url(url: str) -> str:

@@ -59,10 +59,6 @@ class FleetSettings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
-    def starvation_bound(self, levels_apart: int = 1) -> float:
-        """Seconds after which a waiting job outranks fresh work `levels_apart` levels above."""
-        return self.alpha / self.beta * levels_apart
-
 
 class ClientSettings(FleetSettings):
     default_max_tokens: int = Field(256, ge=1)

@@ -310,4 +310,4 @@ def run_chaos(client: Client, *, model: str, scenario: str, jobs: int = 300,
             ids, timeout=max(1.0, chaos.deadline - time.monotonic())))
     except (TimeoutError, NotFoundError):
         records = _records(client, ids)
-    return audit(client.settings.redis_url, ids, records, classify=classify)
+    return audit(client.settings.redis_url, client.settings, ids, records, classify=classify)

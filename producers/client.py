@@ -47,11 +47,12 @@ class Client:
         """`connection_name` names this client's Redis connections (CLIENT LIST)."""
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
-        self.store = JobStore(self.settings.redis_url, job_ttl=self.settings.job_ttl,
-                              client_name=connection_name)
+        self.store = JobStore(self.settings.redis_url, self.settings,
+                              job_ttl=self.settings.job_ttl, client_name=connection_name)
         self._demand = DemandCounter(self.store.redis, horizon=self.settings.fair_horizon)
         self._publisher = Publisher(
             self.settings.broker_url,
+            self.settings,
             levels=self.settings.levels,
             timeout=self.settings.publish_timeout,
         )
@@ -224,7 +225,7 @@ class Client:
         `ahead_at_most` counts the other jobs at its level and above: an upper bound, since
         RabbitMQ can't say which of its own level's jobs are behind it, and a higher-level
         job that arrived more than (α/β)·Δp seconds after it is behind it too."""
-        depths = queue_depths(self.settings.broker_url, record.model, self.settings.levels)
+        depths = queue_depths(self.settings, record.model)
         return {
             "level": record.priority,
             "waited_s": round(record.wait_seconds(), 3),

@@ -32,7 +32,7 @@ class DeadLetter:
 
 
 def _scan(client: Client, model: str) -> tuple[Any, Any, list[tuple[int, DeadLetter]]]:
-    conn = pika.BlockingConnection(pika_parameters(client.settings.broker_url))
+    conn = pika.BlockingConnection(pika_parameters(client.settings.broker_url, client.settings))
     channel = conn.channel()
     found = []
     for _ in range(_SCAN_LIMIT):

@@ -17,6 +17,7 @@ job record) runs a job once whatever the copies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -32,7 +33,7 @@ from pika.adapters.select_connection import SelectConnection
 from genq import names
 from genq.errors import PublishError
 from genq.protocol import message_properties
-from genq.tls import pika_parameters
+from genq.tls import TlsSettings, pika_parameters
 from genq.topology import TOP_TURN, declare_model
 
 __all__ = ["OutgoingJob", "Publisher"]
@@ -181,7 +182,7 @@ class _Link:
                         **message_properties(job.job_id, job.headers, turn=job.turn)),
                     mandatory=True,
                 )
-        except Exception as exc:  # the channel or socket went while publishing
+        except Exception as exc:  # noqa: BLE001 - the submitter hears of it, whatever it is
             batch.fail(f"publish failed: {exc!r}")
             return
         if not batch.by_tag:
@@ -195,23 +196,21 @@ class _Link:
     def publish(self, jobs: Sequence[OutgoingJob], indexes: list[int], batch: _Batch) -> None:
         try:
             self.conn.ioloop.add_callback_threadsafe(lambda: self._send(jobs, indexes, batch))
-        except Exception as exc:  # the I/O loop is already gone
+        except Exception as exc:  # noqa: BLE001 - the I/O loop is gone; the submitter hears
             batch.fail(f"connection gone: {exc!r}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the I/O loop is already gone
             if self.conn.is_open:
                 self.conn.ioloop.add_callback_threadsafe(self.conn.close)
             elif self._thread.is_alive():
                 self.conn.ioloop.add_callback_threadsafe(self.conn.ioloop.stop)
-        except Exception:  # the I/O loop is already gone
-            pass
         self._thread.join(5)
 
 
 class Publisher:
-    def __init__(self, url: str, *, levels: int, timeout: float) -> None:
-        self._params = pika_parameters(url)
+    def __init__(self, url: str, tls: TlsSettings, *, levels: int, timeout: float) -> None:
+        self._params = pika_parameters(url, tls)
         self._params.blocked_connection_timeout = timeout
         self._params.socket_timeout = timeout
         self._params.connection_attempts = 1

@@ -6,14 +6,16 @@ import pika
 import pika.exceptions
 
 from genq import names
+from genq.settings import FleetSettings
 from genq.tls import pika_parameters
 
 __all__ = ["purge_model", "queue_depths"]
 
 
-def queue_depths(url: str, model: str, levels: int) -> dict[int, int]:
+def queue_depths(settings: FleetSettings, model: str) -> dict[int, int]:
     """Messages ready in each level's queue (0 for a queue not declared yet)."""
-    conn = pika.BlockingConnection(pika_parameters(url))
+    levels = settings.levels
+    conn = pika.BlockingConnection(pika_parameters(settings.broker_url, settings))
     depths = {}
     try:
         for level in range(levels):
@@ -29,8 +31,9 @@ def queue_depths(url: str, model: str, levels: int) -> dict[int, int]:
     return depths
 
 
-def purge_model(url: str, model: str, levels: int, *, delete: bool = False) -> None:
-    conn = pika.BlockingConnection(pika_parameters(url))
+def purge_model(settings: FleetSettings, model: str, *, delete: bool = False) -> None:
+    levels = settings.levels
+    conn = pika.BlockingConnection(pika_parameters(settings.broker_url, settings))
     channel = conn.channel()
     queues = [names.level_queue(model, p) for p in range(levels)] + [names.dead_queue(model)]
     for queue in queues:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from genq import names
 from genq.schema import JobRecord, JobState
-from genq.tls import redis_from_url
+from genq.tls import TlsSettings, redis_from_url
 
 __all__ = ["AuditLine", "audit"]
 
@@ -41,13 +41,13 @@ class AuditLine:
                 f"lost={self.lost} duplicated={self.duplicated}")
 
 
-def audit(redis_url: str, ids: list[str], records: list[JobRecord | None],
+def audit(redis_url: str, tls: TlsSettings, ids: list[str], records: list[JobRecord | None],
           classify: dict[str, str] | None = None) -> AuditLine:
     """Check `records` (as read back for `ids`) against Celery's result keys.
 
     `classify` maps job IDs to a label for the failed count (`poison`, ...); other failed
     jobs are labelled `error`."""
-    r = redis_from_url(redis_url, decode_responses=True)
+    r = redis_from_url(redis_url, tls, decode_responses=True)
     try:
         duplicated = 0
         for record in records:

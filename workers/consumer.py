@@ -125,7 +125,7 @@ class GpuConsumer:
         wake = asyncio.Event()
         settings = self.settings
         self.engine = Engine.start(self._engine_args)
-        self.ledger = Ledger(settings.redis_url, job_ttl=settings.job_ttl,
+        self.ledger = Ledger(settings.redis_url, settings, job_ttl=settings.job_ttl,
                              lease_seconds=settings.lease_seconds, worker=self.hostname)
         self.progress = Progress(self.ledger.redis)
         self.events = TaskEvents(self._app, self.hostname)

@@ -26,7 +26,7 @@ from genq.store.scripts import (
     release_args,
     release_keys,
 )
-from genq.tls import redis_from_url
+from genq.tls import TlsSettings, redis_from_url
 
 __all__ = ["Ledger"]
 
@@ -37,8 +37,9 @@ _REAP_PAGE = 500
 
 
 class Ledger:
-    def __init__(self, url: str, *, job_ttl: int, lease_seconds: float, worker: str) -> None:
-        self.redis = redis_from_url(url, client=aioredis.Redis, decode_responses=True)
+    def __init__(self, url: str, tls: TlsSettings, *, job_ttl: int, lease_seconds: float,
+                 worker: str) -> None:
+        self.redis = redis_from_url(url, tls, client=aioredis.Redis, decode_responses=True)
         self._ttl = job_ttl
         self._lease = lease_seconds
         self._worker = worker

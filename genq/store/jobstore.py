@@ -31,7 +31,7 @@ from genq.store.scripts import (
     submit_args,
     submit_keys,
 )
-from genq.tls import redis_from_url
+from genq.tls import TlsSettings, redis_from_url
 
 __all__ = ["Created", "JobStore"]
 
@@ -49,8 +49,9 @@ class Created(NamedTuple):
 class JobStore:
     """Client-side access to job records (synchronous; workers use `workers.ledger`)."""
 
-    def __init__(self, url: str, *, job_ttl: int, client_name: str | None = None) -> None:
-        self._redis = redis_from_url(url, decode_responses=True, client_name=client_name)
+    def __init__(self, url: str, tls: TlsSettings, *, job_ttl: int,
+                 client_name: str | None = None) -> None:
+        self._redis = redis_from_url(url, tls, decode_responses=True, client_name=client_name)
         self._job_ttl = job_ttl
         self._cancel = self._redis.register_script(CANCEL)
         self._submit = self._redis.register_script(SUBMIT)

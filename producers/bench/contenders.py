@@ -202,7 +202,7 @@ class Fleet:
 
     def stop(self) -> None:
         self.worker.stop()
-        purge_model(self.client.settings.broker_url, self.model, self.client.settings.levels,
+        purge_model(self.client.settings, self.model,
                     delete=True)
         self.client.close()
         self.redis.close()

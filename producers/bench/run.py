@@ -141,7 +141,7 @@ def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float
     held = int(fleet.stats().get("held", 0))
     for job_id in ids:  # queued ones never run, running ones are aborted
         fleet.client.cancel(job_id)
-    purge_model(fleet.client.settings.broker_url, fleet.model, fleet.client.settings.levels)
+    purge_model(fleet.client.settings, fleet.model)
     return {"queued": _MEMORY_QUEUE_DEPTH, "worker_rss_idle_mb": idle_rss,
             "worker_rss_loaded_mb": loaded_rss, "held_window": held}
 

@@ -173,7 +173,7 @@ class GenqServer:
         self.gateway.stop()
         self.worker.stop()
         s = ClientSettings()
-        purge_model(s.broker_url, self.model, s.levels, delete=True)
+        purge_model(s, self.model, delete=True)
 
 
 class VllmServer:

@@ -36,6 +36,6 @@ def _once(jobs: int, levels: int) -> tuple[float, float]:
         start = time.perf_counter()
         client.status_many(ids)
         status_s = time.perf_counter() - start
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.store.delete(ids)
     return jobs / submit_s, jobs / status_s

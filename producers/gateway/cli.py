@@ -63,7 +63,7 @@ def _raise_file_limit() -> None:
 
 def _store() -> tuple[KeyStore, AuditLog]:
     settings = GatewaySettings()
-    return KeyStore(settings.redis_url), AuditLog(settings.audit_log)
+    return KeyStore(settings.redis_url, settings), AuditLog(settings.audit_log)
 
 
 def _fail(exc: GenqError) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from genq import names
 from genq.errors import NotFoundError, StoreError, ValidationError
-from genq.tls import redis_from_url
+from genq.tls import TlsSettings, redis_from_url
 
 __all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore", "check_tenant", "hash_key", "key_id"]
 
@@ -61,8 +61,8 @@ class KeyStore:
     """Create, list and revoke keys (synchronous: the CLI). The gateway authenticates with
     `producers.gateway.auth`, reading the same keys."""
 
-    def __init__(self, url: str) -> None:
-        self._redis: redis.Redis = redis_from_url(url, decode_responses=True)
+    def __init__(self, url: str, tls: TlsSettings) -> None:
+        self._redis: redis.Redis = redis_from_url(url, tls, decode_responses=True)
 
     def close(self) -> None:
         self._redis.close()

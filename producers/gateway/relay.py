@@ -2,9 +2,10 @@
 
 A streaming job's worker appends its text to a Redis Stream (`names.progress_key`, written
 by workers/progress.py); the gateway's one stream reader (streams.py) reads every open
-response's streams with one XREAD, and this yields each new piece of a response's jobs. The record stays the source of truth: when a job ends, whatever its
-stream did not deliver (all of it, for a cached result or a single-flight follower, which
-run nowhere; the tail, if the stream was trimmed) comes from the record's text.
+response's streams with one XREAD, and this yields each new piece of a response's jobs.
+The record stays the source of truth: when a job ends, whatever its stream did not deliver
+(all of it, for a cached result or a single-flight follower, which run nowhere; the tail, if
+the stream was trimmed) comes from the record's text.
 
 Offsets make this safe against repeats: each piece carries its character offset in the
 whole text, and only what lies past the text already relayed is sent. A job rerun after its
@@ -148,4 +149,4 @@ async def relay(hub: StreamHub, waiter: Waiter, job_ids: list[str], *,
 
 async def _ended(waiter: Waiter, choices: list[_Choice]) -> list[tuple[_Choice, JobRecord]]:
     records = await waiter.read([c.job_id for c in choices])
-    return [(c, r) for c, r in zip(choices, records) if r.done]
+    return [(c, r) for c, r in zip(choices, records, strict=True) if r.done]

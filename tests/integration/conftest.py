@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def services_up() -> None:
     settings = ClientSettings()
-    statuses = services.start(broker_url=settings.broker_url, redis_url=settings.redis_url)
+    statuses = services.start(settings)
     down = [f"{s.name}: {s.detail}" for s in statuses if not s.ok]
     assert not down, f"services are down and could not be started: {down}"
 
@@ -75,7 +75,7 @@ def fleet_env(services_up: None, model_name: str, tmp_path_factory: pytest.TempP
         "PYTHONPATH": str(REPO),
     })
     yield env
-    purge_model(ClientSettings().broker_url, model_name, LEVELS, delete=True)
+    purge_model(ClientSettings(), model_name, delete=True)
 
 
 @pytest.fixture(scope="session")

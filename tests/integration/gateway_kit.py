@@ -144,7 +144,7 @@ def keyed(make_gateway: MakeGateway, worker: WorkerProcess) -> GatewayServer:
 
 @pytest.fixture(scope="module")
 def keys(fleet_env: dict[str, str]) -> Iterator[KeyStore]:
-    store = KeyStore(ClientSettings().redis_url)
+    store = KeyStore(ClientSettings().redis_url, ClientSettings())
     yield store
     store.close()
 

@@ -45,7 +45,7 @@ def test_a_declared_model_without_workers_accepts_and_holds_jobs(
         with pytest.raises(ValidationError):
             c.submit("hello", model=idle_model, **bad)
     assert sum(queue_depth(c, names.level_queue(idle_model, p)) for p in range(10)) == 1
-    purge_model(c.settings.broker_url, idle_model, c.settings.levels, delete=True)
+    purge_model(c.settings, idle_model, delete=True)
     c.close()
 
 

@@ -47,7 +47,7 @@ def requests(model: str, count: int, *, tag: str, keyed: bool = False,
 
 
 def check_audit(client: Client, ids: list[str], records: list[JobRecord]) -> None:
-    line = audit(client.settings.redis_url, ids, records)
+    line = audit(client.settings.redis_url, client.settings, ids, records)
     print(line)
     assert line.counts() == {"accepted": len(ids), "succeeded": len(ids), "failed": 0,
                              "lost": 0, "duplicated": 0}

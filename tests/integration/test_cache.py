@@ -224,7 +224,7 @@ def _raw(job_id: str) -> dict[str, str]:
 
 def _finish(job_id: str, state: JobState, **kwargs: Any) -> str:
     async def run() -> str:
-        ledger = Ledger(ClientSettings().redis_url, job_ttl=600, lease_seconds=30,
+        ledger = Ledger(ClientSettings().redis_url, ClientSettings(), job_ttl=600, lease_seconds=30,
                         worker="test")
         try:
             return await ledger.finish(job_id, state, **kwargs)

@@ -73,7 +73,7 @@ def test_chaos_engine_kills_an_engine_and_restarts_the_worker(
             os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not pids_mentioning(spare.hostname), timeout=120,
                  what="the restarted worker to stop")
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
 
 

@@ -51,7 +51,7 @@ def test_a_flooding_tenant_does_not_hold_back_another_tenants_jobs(make_worker: 
         records = client.wait_many([*flood, *light], timeout=300)
         worker.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
     by_id = {r.id: r for r in records}
     flood_starts = sorted(by_id[i].started_at or 0.0 for i in flood)

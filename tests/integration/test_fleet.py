@@ -116,5 +116,5 @@ def test_cancel_a_queued_job_so_it_never_runs_and_abort_running_ones(
         assert records[job_id].state is JobState.SUCCEEDED
     # Cancelling again reports the state it ended in.
     assert client.cancel(victim) == "cancelled"
-    purge_model(client.settings.broker_url, model_name, client.settings.levels, delete=True)
+    purge_model(client.settings, model_name, delete=True)
     client.close()

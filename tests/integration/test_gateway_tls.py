@@ -197,7 +197,8 @@ def test_jobs_go_through_a_tls_broker_and_a_tls_redis(
     with Client() as client:
         ids = client.submit_many([{"model": model, "prompt": f"p{i}"} for i in range(3)])
         assert {client.status(i).state.value for i in ids} == {"queued"}
-    assert sum(queue_depths(amqps.url, model, ClientSettings().levels).values()) == 3
+    assert sum(queue_depths(ClientSettings(broker_url=amqps.url, tls_ca_file=str(certs.ca)),
+                            model).values()) == 3
 
     celery = Celery(broker=amqps.url, backend=tls_redis.url)
     celery.conf.update(celery_ssl(amqps.url, tls_redis.url, FleetSettings()))

@@ -57,7 +57,7 @@ def test_jobs_start_in_score_order_and_an_old_low_job_overtakes_after_the_bound(
         records = client.wait_many([old_low, expires, *batch], timeout=300)
         worker.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
 
     by_id = {r.id: r for r in records}
@@ -111,7 +111,7 @@ def test_two_workers_share_the_order_and_an_idle_one_gets_work_at_once(
         first.stop()
         second.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
 
     assert all(r.state is JobState.SUCCEEDED for r in [*records, *blocked])
@@ -139,7 +139,7 @@ def test_status_of_a_queued_job_estimates_its_place(client: Client, fleet_env: A
         job = c.submit("me", model=model, priority=5)
         estimate = c.queue_estimate(c.status(job))
     finally:
-        purge_model(c.settings.broker_url, model, c.settings.levels, delete=True)
+        purge_model(c.settings, model, delete=True)
         c.close()
     assert estimate["level"] == 5 and estimate["estimate"] is True
     assert estimate["depth_by_level"][5] == 3 and estimate["depth_by_level"][7] == 1
@@ -179,7 +179,7 @@ def test_a_worker_stuck_on_a_long_job_gives_its_held_jobs_to_an_idle_one(
         for worker in workers:
             worker.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
         r.close()
     assert int(stats.get("held_off", 0)) >= 1, stats

@@ -75,7 +75,7 @@ def test_engine_death_hands_back_and_exits_70(make_worker: Any) -> None:
         records = client.wait_many(ids, timeout=600)
         survivor.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
     line = audit(client.settings.redis_url, ids, records)
     print(f"engine death: {line}")
@@ -115,7 +115,7 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
         survivor.stop()
         dead = [d for d in list_dead(client, model) if d.job_id == poison]
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
     line = audit(client.settings.redis_url, [*ids, poison], records,
                  classify={poison: "poison"})

@@ -84,10 +84,10 @@ def test_redis_restart_mid_run_loses_nothing(
         assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
         assert worker.stop() == 0
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
         waiter.close()
-    line = audit(private_redis.url, first + second, records)
+    line = audit(private_redis.url, client.settings, first + second, records)
     print(f"redis restart ({how}): {line}")
     assert line.counts() == {"accepted": 2 * HALF, "succeeded": 2 * HALF, "failed": 0,
                              "lost": 0, "duplicated": 0}

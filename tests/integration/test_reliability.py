@@ -48,9 +48,9 @@ def test_kill_9_twice_during_a_run_loses_nothing(make_worker: Any) -> None:
         records = client.wait_many(ids, timeout=600)
         last.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, ids, records)
+    line = audit(client.settings.redis_url, client.settings, ids, records)
     print(line)
     assert_all_succeeded_once(line)
     retried = [r for r in records if r.attempts > 1]
@@ -77,8 +77,8 @@ def test_sigterm_finishes_or_hands_back_everything(make_worker: Any) -> None:
         records = client.wait_many(ids, timeout=600)
         again.stop()
     finally:
-        purge_model(client.settings.broker_url, model, client.settings.levels, delete=True)
+        purge_model(client.settings, model, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, ids, records)
+    line = audit(client.settings.redis_url, client.settings, ids, records)
     print(line)
     assert_all_succeeded_once(line)

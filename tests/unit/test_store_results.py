@@ -70,7 +70,7 @@ class Flight:
 @pytest.fixture
 def flight() -> Iterator[Flight]:
     url = ClientSettings().redis_url
-    store = JobStore(url, job_ttl=60)
+    store = JobStore(url, ClientSettings(), job_ttl=60)
     try:
         store.redis.ping()
     except redis.ConnectionError:
@@ -87,7 +87,7 @@ def flight() -> Iterator[Flight]:
 def _finish(job_id: str, state: JobState, **kwargs: Any) -> str:
     """The worker's FINISH, as it stores a job it ran (the leader's value: Python's)."""
     async def run() -> str:
-        ledger = Ledger(ClientSettings().redis_url, job_ttl=60, lease_seconds=30,
+        ledger = Ledger(ClientSettings().redis_url, ClientSettings(), job_ttl=60, lease_seconds=30,
                         worker="test-results")
         try:
             return await ledger.finish(job_id, state, **kwargs)

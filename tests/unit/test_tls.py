@@ -69,3 +69,19 @@ def test_celery_gets_tls_for_its_broker_and_result_backend(certs: Certs) -> None
         "server_hostname": "h.example"}
     assert conf["redis_backend_use_ssl"]["ssl_cert_reqs"] is ssl.CERT_REQUIRED
     assert celery_ssl("amqp://h//", "redis://r/0", tls(certs)) == {}
+
+
+def test_a_clients_own_tls_settings_reach_its_store_and_publisher(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producers.client import Client
+
+    monkeypatch.delenv("GENQ_TLS_CA_FILE", raising=False)  # from the arguments only
+    client = Client(redis_url="rediss://redis.example:6380/0",
+                    broker_url="amqps://u:p@rabbit.example:5671/%2F", tls_ca_file=str(certs.ca))
+    try:
+        kwargs = client.store.redis.connection_pool.connection_kwargs
+        assert kwargs["ssl_ca_certs"] == str(certs.ca)
+        assert client.publisher._params.ssl_options is not None  # connects lazily
+    finally:
+        client.close()
