@@ -4,7 +4,7 @@ Every path that gives a job back republishes its message with the ORIGINAL enque
 the job keeps its age, and so its score, when it returns.
 
 Attempts: a job's record counts every start (ADMIT), and every republish carries that count.
-A job started `max_attempts` times whose engine dies under it again (workers/consumer.py), or
+A job started `max_attempts` times whose engine dies under it again (workers/running.py), or
 whose worker stops renewing its lease again (the reaper, here), is failed and dead-lettered
 instead of coming back: a job that crashes whatever runs it must not take the fleet down
 forever.
