@@ -26,7 +26,6 @@ import pika
 import redis
 
 from genq.errors import ValidationError
-from genq.settings import FleetSettings
 
 __all__ = ["TlsSettings", "celery_ssl", "pika_parameters", "redis_from_url",
            "redis_pool_from_url", "redis_ssl_kwargs", "ssl_context"]
@@ -45,14 +44,10 @@ R = TypeVar("R")
 P = TypeVar("P")
 
 
-def _settings(settings: TlsSettings | None) -> TlsSettings:
-    return settings if settings is not None else FleetSettings()
-
-
-def ssl_context(settings: TlsSettings | None = None) -> ssl.SSLContext:
+def ssl_context(settings: TlsSettings) -> ssl.SSLContext:
     """A client context: the configured CA (else the system's), the client certificate if
     any, and verification of the server's certificate and host name unless turned off."""
-    s = _settings(settings)
+    s = settings
     # A wrong path is a configuration error: name the setting, rather than fail deep inside
     # a connect.
     try:
@@ -72,7 +67,7 @@ def ssl_context(settings: TlsSettings | None = None) -> ssl.SSLContext:
     return context
 
 
-def pika_parameters(url: str, settings: TlsSettings | None = None) -> pika.URLParameters:
+def pika_parameters(url: str, settings: TlsSettings) -> pika.URLParameters:
     """`pika.URLParameters(url)`, with the settings' TLS for an `amqps://` URL."""
     params = pika.URLParameters(url)
     if urlsplit(url).scheme == "amqps":
@@ -80,9 +75,9 @@ def pika_parameters(url: str, settings: TlsSettings | None = None) -> pika.URLPa
     return params
 
 
-def redis_ssl_kwargs(settings: TlsSettings | None = None) -> dict[str, Any]:
+def redis_ssl_kwargs(settings: TlsSettings) -> dict[str, Any]:
     """redis-py's TLS arguments (for a `rediss://` URL)."""
-    s = _settings(settings)
+    s = settings
     return {"ssl_ca_certs": s.tls_ca_file, "ssl_certfile": s.tls_cert_file,
             "ssl_keyfile": s.tls_key_file,
             "ssl_cert_reqs": "required" if s.tls_verify else "none",
@@ -90,12 +85,12 @@ def redis_ssl_kwargs(settings: TlsSettings | None = None) -> dict[str, Any]:
 
 
 @overload
-def redis_from_url(url: str, settings: TlsSettings | None = None, *,
+def redis_from_url(url: str, settings: TlsSettings, *,
                    client: None = None, **kwargs: Any) -> redis.Redis: ...
 @overload
-def redis_from_url(url: str, settings: TlsSettings | None = None, *,
+def redis_from_url(url: str, settings: TlsSettings, *,
                    client: type[R], **kwargs: Any) -> R: ...
-def redis_from_url(url: str, settings: TlsSettings | None = None, *,
+def redis_from_url(url: str, settings: TlsSettings, *,
                    client: type[R] | None = None, **kwargs: Any) -> R | redis.Redis:
     """`client.from_url(url, **kwargs)` (`redis.Redis` unless given, e.g.
     `redis.asyncio.Redis`), with the settings' TLS for a `rediss://` URL."""
@@ -105,7 +100,7 @@ def redis_from_url(url: str, settings: TlsSettings | None = None, *,
     return cls.from_url(url, **kwargs)  # type: ignore[no-any-return]
 
 
-def redis_pool_from_url(url: str, settings: TlsSettings | None = None, *,
+def redis_pool_from_url(url: str, settings: TlsSettings, *,
                         pool: type[P], **kwargs: Any) -> P:
     """`pool.from_url(url, **kwargs)` (a redis-py connection pool class), with the
     settings' TLS for a `rediss://` URL."""
@@ -114,11 +109,10 @@ def redis_pool_from_url(url: str, settings: TlsSettings | None = None, *,
     return pool.from_url(url, **kwargs)  # type: ignore[attr-defined,no-any-return]
 
 
-def celery_ssl(broker_url: str, redis_url: str, settings: TlsSettings | None = None,
-               ) -> dict[str, Any]:
+def celery_ssl(broker_url: str, redis_url: str, settings: TlsSettings) -> dict[str, Any]:
     """Celery settings for its own connections: `broker_use_ssl` for an `amqps://` broker,
     `redis_backend_use_ssl` for a `rediss://` result backend; empty for plain URLs."""
-    s = _settings(settings)
+    s = settings
     reqs = ssl.CERT_REQUIRED if s.tls_verify else ssl.CERT_NONE
     conf: dict[str, Any] = {}
     if urlsplit(broker_url).scheme == "amqps":

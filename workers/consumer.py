@@ -135,7 +135,7 @@ class GpuConsumer:
                                        alpha=settings.alpha, beta=settings.beta)
         refill = RefillWatch(settings.refill_wait)
         self.broker = BrokerLink(
-            settings.broker_url, model=self.model, levels=settings.levels,
+            settings.broker_url, settings, model=self.model, levels=settings.levels,
             window=settings.window, loop=self._loop,
             on_delivery=lambda d: self.admission.on_delivery(d),
             on_reset=lambda epoch: self.admission.on_reset(epoch),

@@ -26,8 +26,7 @@ _TIMEOUT = 3.0
 
 
 class BrokerProbe:
-    def __init__(self, url: str, *, levels: int, ttl: float,
-                 tls: TlsSettings | None = None) -> None:
+    def __init__(self, url: str, *, levels: int, ttl: float, tls: TlsSettings) -> None:
         self._params = pika_parameters(url, tls)
         self._params.socket_timeout = _TIMEOUT
         self._params.blocked_connection_timeout = _TIMEOUT

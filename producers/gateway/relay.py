@@ -124,20 +124,20 @@ async def relay(hub: StreamHub, waiter: Waiter, job_ids: list[str], *,
             check = not reply
             ending: list[str] = []
             for key, entries in reply:
-                choice = pending.get(key)
-                if choice is None:
+                reading = pending.get(key)
+                if reading is None:
                     continue
                 for _entry_id, fields in entries:
                     if PROGRESS_END in fields:
                         # ok: the record is being stored. error: that attempt gave nothing;
                         # the record says whether the job failed or another attempt follows.
                         if fields[PROGRESS_END] == PROGRESS_END_OK:
-                            ending.append(choice.job_id)
+                            ending.append(reading.job_id)
                         check = True
                         continue
-                    new = choice.take(int(fields[PROGRESS_OFFSET]), fields[PROGRESS_TEXT])
+                    new = reading.take(int(fields[PROGRESS_OFFSET]), fields[PROGRESS_TEXT])
                     if new:
-                        yield Piece(choice.index, new)
+                        yield Piece(reading.index, new)
             if ending:
                 try:
                     await waiter.wait(ending, timeout=min(_END_WAIT, max(0.0, left)))

@@ -12,12 +12,13 @@ import redis
 from genq import names
 from genq.local import wait_for
 from genq.schema import JobState
+from genq.settings import ClientSettings
 from genq.tls import pika_parameters
 from producers import Client
 
 
 def _consumers(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika_parameters(url))
+    conn = pika.BlockingConnection(pika_parameters(url, ClientSettings()))
     try:
         return conn.channel().queue_declare(queue, passive=True).method.consumer_count
     finally:
