@@ -21,8 +21,9 @@ from scheduler import starvation_bound
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="genq: a fleet for LLM generation jobs.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="genq: a fleet for LLM generation jobs."
+)
 services_app = typer.Typer(no_args_is_help=True, help="Local RabbitMQ and Redis.")
 app.add_typer(services_app, name="services")
 
@@ -37,6 +38,7 @@ def _die(message: str, code: int) -> NoReturn:
 
 def _client() -> Any:
     from producers import Client
+
     return Client()
 
 
@@ -58,6 +60,7 @@ def _guard(fn: Any) -> Any:
             _die(str(exc), EXIT_FAILED)
         except GenqError as exc:
             _die(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
     return wrapper
 
 
@@ -76,17 +79,27 @@ def submit(
     seed: int | None = typer.Option(None, "--seed"),
     stop: list[str] = typer.Option([], "--stop"),
     ignore_eos: bool = typer.Option(False, "--ignore-eos"),
-    deadline: float | None = typer.Option(None, "--deadline",
-                                             help="Seconds from now, or a Unix time."),
+    deadline: float | None = typer.Option(
+        None, "--deadline", help="Seconds from now, or a Unix time."
+    ),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
     tenant: str | None = typer.Option(None, "--tenant"),
     wait: bool = typer.Option(False, "--wait", help="Wait and print the finished record."),
 ) -> None:
     """Submit one job; prints its task ID."""
-    fields = dict(model=model, priority=priority, max_tokens=max_tokens,
-                  temperature=temperature, top_p=top_p, seed=seed, stop=stop,
-                  ignore_eos=ignore_eos, deadline=deadline,
-                  idempotency_key=idempotency_key, tenant=tenant)
+    fields = dict(
+        model=model,
+        priority=priority,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        ignore_eos=ignore_eos,
+        deadline=deadline,
+        idempotency_key=idempotency_key,
+        tenant=tenant,
+    )
     with _client() as client:
         job_id = client.submit(prompt, **{k: v for k, v in fields.items() if v is not None})
         if wait:
@@ -131,14 +144,15 @@ def cancel(job_id: str) -> None:
 def batch(
     # `input` shadows the builtin: typer names the command's argument after it (INPUT).
     input: Path = typer.Argument(  # noqa: A002
-        ..., exists=True, dir_okay=False, help="JSONL of requests."),
+        ..., exists=True, dir_okay=False, help="JSONL of requests."
+    ),
     output: Path = typer.Option(Path("-"), "--output", "-o", help="JSONL of results."),
-    model: str | None = typer.Option(None, "--model", "-m",
-                                        help="Model for lines that name none."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model for lines that name none."),
     timeout: float | None = typer.Option(None, "--timeout"),
 ) -> None:
     """Submit every line of a JSONL file, wait, write one result line per request."""
     from producers.batch import run_batch
+
     with _client() as client:
         run_batch(client, input, output, default_model=model, timeout=timeout)
 
@@ -152,10 +166,14 @@ app.add_typer(dead_app, name="dead")
 def dead_list(model: str = typer.Option(..., "--model", "-m")) -> None:
     """Jobs in the model's dead-letter queue, with why they are there."""
     from producers.dead import list_dead
+
     with _client() as client:
         for letter in list_dead(client, model):
-            typer.echo(json.dumps({"id": letter.job_id, "reason": letter.reason,
-                                   "attempts": letter.attempts}))
+            typer.echo(
+                json.dumps(
+                    {"id": letter.job_id, "reason": letter.reason, "attempts": letter.attempts}
+                )
+            )
 
 
 @dead_app.command("requeue")
@@ -163,6 +181,7 @@ def dead_list(model: str = typer.Option(..., "--model", "-m")) -> None:
 def dead_requeue(job_id: str, model: str = typer.Option(..., "--model", "-m")) -> None:
     """Give a dead-lettered job another go at its original level and enqueue time."""
     from producers.dead import requeue_dead
+
     with _client() as client:
         requeue_dead(client, model, job_id)
         typer.echo("queued")
@@ -172,28 +191,44 @@ def dead_requeue(job_id: str, model: str = typer.Option(..., "--model", "-m")) -
 @_guard
 def chaos(
     model: str = typer.Option(..., "--model", "-m", help="Served model to hit."),
-    scenario: str = typer.Option(..., "--scenario", "-s",
-                                 help="kill, engine, sigterm, poison or malformed."),
+    scenario: str = typer.Option(
+        ..., "--scenario", "-s", help="kill, engine, sigterm, poison or malformed."
+    ),
     jobs: int = typer.Option(300, "--jobs", min=1, help="Jobs to submit."),
     max_tokens: int = typer.Option(32, "--max-tokens", min=1),
-    poison_tokens: int = typer.Option(256, "--poison-tokens", min=1,
-                                      help="max_tokens of the poison job (it must run a "
-                                           "while to be caught running)."),
+    poison_tokens: int = typer.Option(
+        256,
+        "--poison-tokens",
+        min=1,
+        help="max_tokens of the poison job (it must run a while to be caught running).",
+    ),
     restart_cmd: str | None = typer.Option(
-        None, "--restart-cmd", help="Run after each worker goes down (else a supervisor "
-        "must restart it), e.g. \"genq worker --model PATH ...\"."),
+        None,
+        "--restart-cmd",
+        help="Run after each worker goes down (else a supervisor "
+        'must restart it), e.g. "genq worker --model PATH ...".',
+    ),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds for the whole run."),
 ) -> None:
     """Do real damage to a running fleet, wait, and print the audit line; exit 1 if a job
     was lost or answered twice."""
     from producers import Client
     from producers.chaos import run_chaos
+
     base = ClientSettings()
     # The model must be one the fleet serves; chaos does not need it in GENQ_MODELS.
     with Client(base, models=sorted({*base.models, model})) as client:
-        line = run_chaos(client, model=model, scenario=scenario, jobs=jobs,
-                         max_tokens=max_tokens, poison_tokens=poison_tokens,
-                         restart_cmd=restart_cmd, timeout=timeout, say=typer.echo)
+        line = run_chaos(
+            client,
+            model=model,
+            scenario=scenario,
+            jobs=jobs,
+            max_tokens=max_tokens,
+            poison_tokens=poison_tokens,
+            restart_cmd=restart_cmd,
+            timeout=timeout,
+            say=typer.echo,
+        )
     typer.echo(str(line))
     if line.lost or line.duplicated:
         raise typer.Exit(EXIT_FAILED)
@@ -210,13 +245,18 @@ def config() -> None:
     typer.echo(f"policy           {s.policy}")
     if s.policy == "fair":
         c = ClientSettings()
-        typer.echo(f"fair band        {s.fair_levels:g} levels (the bound widens by "
-                   f"{s.fair_levels * s.alpha / s.beta:g} s)")
-        typer.echo(f"tenant turns     top turn under {c.fair_quantum:g} tokens of demand, one "
-                   f"lower per doubling; demand decays over {c.fair_horizon:g} s")
+        typer.echo(
+            f"fair band        {s.fair_levels:g} levels (the bound widens by "
+            f"{s.fair_levels * s.alpha / s.beta:g} s)"
+        )
+        typer.echo(
+            f"tenant turns     top turn under {c.fair_quantum:g} tokens of demand, one "
+            f"lower per doubling; demand decays over {c.fair_horizon:g} s"
+        )
     one, whole = (starvation_bound(n, alpha=s.alpha, beta=s.beta) for n in (1, s.levels - 1))
-    typer.echo(f"starvation bound {one:g} s per level apart "
-               f"((alpha/beta)*dp); bottom vs top: {whole:g} s")
+    typer.echo(
+        f"starvation bound {one:g} s per level apart ((alpha/beta)*dp); bottom vs top: {whole:g} s"
+    )
     typer.echo(f"models           {', '.join(s.models) or '(none declared: set GENQ_MODELS)'}")
 
 
@@ -230,8 +270,11 @@ def worker(
     loglevel: str = typer.Option("INFO", "--loglevel"),
     hostname: str | None = typer.Option(None, "--hostname", "-n"),
     cpus: str | None = typer.Option(
-        None, "--cpus", help="CPU-only hosts: cores for the worker and its engine, e.g. 0-3 or 1. "
-        "Workers sharing a host need disjoint sets, or their engines take turns on one core."),
+        None,
+        "--cpus",
+        help="CPU-only hosts: cores for the worker and its engine, e.g. 0-3 or 1. "
+        "Workers sharing a host need disjoint sets, or their engines take turns on one core.",
+    ),
 ) -> None:
     """Run a worker: `genq worker --model PATH [vLLM engine options, by their vLLM names]`."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -253,8 +296,13 @@ def worker(
     served = engine_args.served_model_name
     served_model = (served[0] if isinstance(served, list) else served) or engine_args.model
     settings = WorkerSettings()
-    run_worker(settings, engine_args=engine_args, served_model=served_model,
-               loglevel=loglevel, hostname=hostname)
+    run_worker(
+        settings,
+        engine_args=engine_args,
+        served_model=served_model,
+        loglevel=loglevel,
+        hostname=hostname,
+    )
 
 
 @app.command()
@@ -265,8 +313,16 @@ def flower(
 ) -> None:
     """Run Flower, the Celery dashboard, on the fleet's broker."""
     s = ClientSettings()
-    args = [sys.executable, "-m", "celery", f"--broker={s.broker_url}",
-            f"--result-backend={s.redis_url}", "flower", f"--port={port}", f"--address={address}"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        f"--broker={s.broker_url}",
+        f"--result-backend={s.redis_url}",
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+    ]
     if basic_auth:
         args.append(f"--basic-auth={basic_auth}")
     elif address in ("127.0.0.1", "localhost", "::1"):
@@ -286,6 +342,7 @@ def make_test_model(
 ) -> None:
     """Build a small random Llama model with a byte-level BPE tokenizer (no hub needed)."""
     from genq.testmodel import SIZES, build_test_model
+
     if size not in SIZES:
         _die(f"size: {size!r} is not one of {', '.join(SIZES)}", EXIT_INVALID)
     typer.echo(build_test_model(directory, size=size, seed=seed))
@@ -296,8 +353,10 @@ def _exit_cleanly_on_signals() -> None:
     and worker processes it started (each in a session of its own, so the signal that
     stops the bench does not reach them); by default the bench would die and leave them
     running, each holding an engine and the cores."""
+
     def _exit(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit)
 
@@ -311,45 +370,76 @@ def bench(
     json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON."),
     model: Path | None = typer.Option(None, "--model", help="Model dir."),
     cache: bool = typer.Option(False, "--cache", help="Result-cache hit rate on repeats."),
-    priority: bool = typer.Option(False, "--priority",
-                                  help="Overload burst: per-level waits, overtakings."),
+    priority: bool = typer.Option(
+        False, "--priority", help="Overload burst: per-level waits, overtakings."
+    ),
     seconds: float = typer.Option(20.0, "--seconds", help="--priority: burst length."),
     load: float = typer.Option(3.0, "--load", help="--priority: burst rate / capacity."),
-    serve: bool = typer.Option(False, "--serve", help=(
-        "`vllm bench serve` against genq gateway + worker, then vLLM's OpenAI server.")),
-    rate: float = typer.Option(float("inf"), "--rate", help="--serve: requests/s (inf: all "
-                               "at once)."),
-    prompts: int | None = typer.Option(None, "--prompts", min=1,
-                                          help="--serve: prompts per run (512)."),
+    serve: bool = typer.Option(
+        False,
+        "--serve",
+        help=("`vllm bench serve` against genq gateway + worker, then vLLM's OpenAI server."),
+    ),
+    rate: float = typer.Option(
+        float("inf"), "--rate", help="--serve: requests/s (inf: all at once)."
+    ),
+    prompts: int | None = typer.Option(
+        None, "--prompts", min=1, help="--serve: prompts per run (512)."
+    ),
 ) -> None:
     """Fleet vs the engine's own limit vs naive Celery, side by side in one run."""
     _exit_cleanly_on_signals()
     from genq.testmodel import build_test_model
     from producers.bench import Workload, run_bench
+
     size = "tiny" if quick else "bench"
     path = model or build_test_model(Path(f".genq/models/{size}"), size=size)
     if serve:
-        _bench_serve(path, quick=quick, repeat=repeat, prompts=prompts or requests,
-                     max_tokens=max_tokens, rate=rate, json_path=json_path)
+        _bench_serve(
+            path,
+            quick=quick,
+            repeat=repeat,
+            prompts=prompts or requests,
+            max_tokens=max_tokens,
+            rate=rate,
+            json_path=json_path,
+        )
         return
-    defaults: dict[str, Any] = (dict(requests=64, max_tokens=32, max_num_seqs=64,
-                                     naive_requests=32, repeat=1, max_model_len=512)
-                                if quick else {})
-    overrides = {k: v for k, v in dict(requests=requests, max_tokens=max_tokens,
-                                       repeat=repeat).items() if v is not None}
+    defaults: dict[str, Any] = (
+        dict(
+            requests=64,
+            max_tokens=32,
+            max_num_seqs=64,
+            naive_requests=32,
+            repeat=1,
+            max_model_len=512,
+        )
+        if quick
+        else {}
+    )
+    overrides = {
+        k: v
+        for k, v in dict(requests=requests, max_tokens=max_tokens, repeat=repeat).items()
+        if v is not None
+    }
     if priority:
         # Short jobs and a small batch: capacity is reached, and overload built, in seconds.
-        defaults = {**defaults, "max_num_seqs": 8 if quick else 32,
-                    "max_tokens": 16 if quick else 32}
+        defaults = {
+            **defaults,
+            "max_num_seqs": 8 if quick else 32,
+            "max_tokens": 16 if quick else 32,
+        }
     workload = Workload(model_path=path, **{**defaults, **overrides})
     if priority:
         from producers.bench.priority import run_priority_bench
+
         result = run_priority_bench(workload, seconds=seconds, load=load)
         if json_path is not None:
             json_path.write_text(json.dumps(result, indent=2))
         return
     if cache:
         from producers.bench.cache import run_cache_bench
+
         result = run_cache_bench(workload)
         if json_path is not None:
             json_path.write_text(json.dumps(result, indent=2))
@@ -357,20 +447,35 @@ def bench(
     run_bench(workload, json_path=json_path)
 
 
-def _bench_serve(path: Path, *, quick: bool, repeat: int | None, prompts: int | None,
-                 max_tokens: int | None, rate: float, json_path: Path | None) -> None:
+def _bench_serve(
+    path: Path,
+    *,
+    quick: bool,
+    repeat: int | None,
+    prompts: int | None,
+    max_tokens: int | None,
+    rate: float,
+    json_path: Path | None,
+) -> None:
     from producers.bench.serve import ServeWorkload, run_serve_bench
     from workers.cpu_dtype import engine_dtype
 
-    defaults: dict[str, Any] = ({"prompts": 64, "output_len": 32, "repeat": 1,
-                                 "long_polls": 200, "burst": 64} if quick else {})
-    overrides = {k: v for k, v in {"prompts": prompts, "output_len": max_tokens,
-                                   "repeat": repeat}.items() if v is not None}
+    defaults: dict[str, Any] = (
+        {"prompts": 64, "output_len": 32, "repeat": 1, "long_polls": 200, "burst": 64}
+        if quick
+        else {}
+    )
+    overrides = {
+        k: v
+        for k, v in {"prompts": prompts, "output_len": max_tokens, "repeat": repeat}.items()
+        if v is not None
+    }
     # Resolved here, once, as a genq worker resolves "auto", and given to both servers by
     # name: the same engine behind each (vLLM's server alone would take bfloat16 on an x86
     # CPU that only emulates it).
-    workload = ServeWorkload(model_path=path, rate=rate, dtype=engine_dtype("auto"),
-                             **{**defaults, **overrides})
+    workload = ServeWorkload(
+        model_path=path, rate=rate, dtype=engine_dtype("auto"), **{**defaults, **overrides}
+    )
     run_serve_bench(workload, json_path=json_path, say=typer.echo)
 
 
@@ -383,6 +488,7 @@ def demo(
     """Start a worker and Flower, run ~100 mixed-priority jobs, show results, stop."""
     from genq.testmodel import build_test_model
     from producers.demo import run_demo
+
     path = model or build_test_model(Path(".genq/models/tiny"), size="tiny")
     run_demo(model_path=path, jobs=jobs, flower_port=flower_port)
 
@@ -391,6 +497,7 @@ def demo(
 def services_check() -> None:
     """Report whether RabbitMQ and Redis answer."""
     from genq import services
+
     s = ClientSettings()
     statuses = services.check(s)
     _report(statuses)
@@ -400,6 +507,7 @@ def services_check() -> None:
 def services_start() -> None:
     """Start local RabbitMQ and Redis if they are installed and not running."""
     from genq import services
+
     s = ClientSettings()
     _report(services.start(s))
 
@@ -416,15 +524,18 @@ def _report(statuses: list[Any]) -> None:
 
 @app.command()
 def gateway(
-    host: str | None = typer.Option(None, "--host",
-                                       help="Bind address (GENQ_GATEWAY_HOST, 127.0.0.1)."),
+    host: str | None = typer.Option(
+        None, "--host", help="Bind address (GENQ_GATEWAY_HOST, 127.0.0.1)."
+    ),
     port: int | None = typer.Option(None, "--port", help="Port (GENQ_GATEWAY_PORT, 8000)."),
-    api_keys: str | None = typer.Option(None, "--api-keys", help=(
-        "on, off, or auto: on unless bound to loopback (GENQ_API_KEYS).")),
+    api_keys: str | None = typer.Option(
+        None, "--api-keys", help=("on, off, or auto: on unless bound to loopback (GENQ_API_KEYS).")
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the HTTP gateway: REST jobs API, OpenAI-compatible API, Batch API."""
     from producers.gateway.cli import serve
+
     serve(host, port, api_keys=api_keys, log_level=log_level)
 
 

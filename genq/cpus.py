@@ -17,11 +17,13 @@ def parse_cpus(text: str) -> set[int]:
             low = int(first)
             high = int(last) if dash else low
         except ValueError:
-            raise ValidationError(f"--cpus: {part!r} is not a core number or range "
-                                  "(e.g. 0-3,6)", field="cpus") from None
+            raise ValidationError(
+                f"--cpus: {part!r} is not a core number or range (e.g. 0-3,6)", field="cpus"
+            ) from None
         if low < 0 or high < low:
-            raise ValidationError(f"--cpus: {part!r} is not an ascending range of core "
-                                  "numbers", field="cpus")
+            raise ValidationError(
+                f"--cpus: {part!r} is not an ascending range of core numbers", field="cpus"
+            )
         cores.update(range(low, high + 1))
     return cores
 
@@ -31,6 +33,9 @@ def pin_process(text: str) -> None:
     cores = parse_cpus(text)
     available = os.sched_getaffinity(0)
     if not cores <= available:
-        raise ValidationError(f"--cpus: cores {sorted(cores - available)} are not available "
-                              f"here (available: {sorted(available)})", field="cpus")
+        raise ValidationError(
+            f"--cpus: cores {sorted(cores - available)} are not available "
+            f"here (available: {sorted(available)})",
+            field="cpus",
+        )
     os.sched_setaffinity(0, cores)

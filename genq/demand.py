@@ -20,8 +20,9 @@ __all__ = ["DemandCounter"]
 CHARGE = resources.files("genq").joinpath("demand.lua").read_text(encoding="utf-8")
 
 
-def charge_args(*, now: float, horizon: float,
-                charges: Sequence[tuple[str, float]]) -> list[str | float]:
+def charge_args(
+    *, now: float, horizon: float, charges: Sequence[tuple[str, float]]
+) -> list[str | float]:
     """CHARGE's ARGV, in demand.lua's order."""
     return [now, horizon, *(item for pair in charges for item in pair)]
 
@@ -31,8 +32,7 @@ class DemandCounter:
         self._charge = client.register_script(CHARGE)
         self._horizon = horizon
 
-    def charge(self, model: str, charges: Sequence[tuple[str, float]], now: float
-               ) -> list[float]:
+    def charge(self, model: str, charges: Sequence[tuple[str, float]], now: float) -> list[float]:
         """Add each (tenant, tokens) in order; return each one's tenant demand before it."""
         if not charges:
             return []

@@ -1,19 +1,19 @@
 """genq's errors, one root, branching by subsystem.
 
-    GenqError
-    ├── ValidationError        a request or setting is invalid (names the field and the limit)
-    ├── NotFoundError          no job with that ID (never reads as "pending forever")
-    ├── BrokerError            RabbitMQ
-    │   └── PublishError       a publish was not confirmed: the job was NOT accepted
-    ├── StoreError             Redis
-    ├── JobError               a job ended in a non-success state (raised by result())
-    │   ├── JobFailedError
-    │   ├── JobCancelledError
-    │   └── JobExpiredError
-    ├── TimeoutError           waiting for a result took longer than asked
-    └── EngineError            the vLLM engine
-        ├── RequestRejectedError   this request cannot run (prompt over the context): not retried
-        └── EngineDeadError        the engine is gone: the worker must exit (fatal)
+GenqError
+├── ValidationError        a request or setting is invalid (names the field and the limit)
+├── NotFoundError          no job with that ID (never reads as "pending forever")
+├── BrokerError            RabbitMQ
+│   └── PublishError       a publish was not confirmed: the job was NOT accepted
+├── StoreError             Redis
+├── JobError               a job ended in a non-success state (raised by result())
+│   ├── JobFailedError
+│   ├── JobCancelledError
+│   └── JobExpiredError
+├── TimeoutError           waiting for a result took longer than asked
+└── EngineError            the vLLM engine
+    ├── RequestRejectedError   this request cannot run (prompt over the context): not retried
+    └── EngineDeadError        the engine is gone: the worker must exit (fatal)
 """
 
 from __future__ import annotations
@@ -65,10 +65,15 @@ class PublishError(BrokerError):
     positions of those that were not, to retry. The publisher sets `confirmed`: the
     positions of the messages the broker did confirm."""
 
-    def __init__(self, message: str, *, confirmed: list[int] | None = None,
-                 accepted: list[str] | None = None,
-                 unaccepted: list[int] | None = None,
-                 accepted_positions: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        confirmed: list[int] | None = None,
+        accepted: list[str] | None = None,
+        unaccepted: list[int] | None = None,
+        accepted_positions: list[int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.confirmed = confirmed or []
         self.accepted = accepted or []

@@ -25,8 +25,9 @@ __all__ = ["FlowerProcess", "GatewayProcess", "WorkerProcess", "free_port", "wai
 WORKER_START_TIMEOUT = 300.0
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str,
-              interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -48,18 +49,40 @@ class WorkerProcess:
     """One `genq worker` subprocess serving `model_name` from `model_path`. Its engine
     options default to a quick start (eager mode) and a small context, for tests and demos."""
 
-    def __init__(self, *, model_path: Path, model_name: str, env: dict[str, str],
-                 log_dir: Path, max_num_seqs: int = 16, max_model_len: int = 512,
-                 extra: list[str] | None = None, name: str = "w1",
-                 cpus: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        model_name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        max_num_seqs: int = 16,
+        max_model_len: int = 512,
+        extra: list[str] | None = None,
+        name: str = "w1",
+        cpus: str | None = None,
+    ) -> None:
         self.hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@{socket.gethostname()}"
         self.log_path = log_dir / f"worker-{name}-{time.monotonic_ns()}.log"
         self.args = [
-            sys.executable, "-m", "genq.cli", "worker", "--loglevel", "INFO",
-            "--hostname", self.hostname,
-            "--model", str(model_path), "--served-model-name", model_name,
-            "--max-num-seqs", str(max_num_seqs), "--enforce-eager",
-            "--max-model-len", str(max_model_len), *(extra or []),
+            sys.executable,
+            "-m",
+            "genq.cli",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            self.hostname,
+            "--model",
+            str(model_path),
+            "--served-model-name",
+            model_name,
+            "--max-num-seqs",
+            str(max_num_seqs),
+            "--enforce-eager",
+            "--max-model-len",
+            str(max_model_len),
+            *(extra or []),
         ]
         if cpus is not None:
             self.args[4:4] = ["--cpus", cpus]
@@ -68,8 +91,13 @@ class WorkerProcess:
 
     def start(self, *, wait: bool = True) -> WorkerProcess:
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if wait:
             self.wait_ready()
         return self
@@ -81,6 +109,7 @@ class WorkerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             return bool(r.exists(names.worker_stats_key(self.hostname)))
+
         wait_for(ready, timeout=WORKER_START_TIMEOUT, what="the worker to be ready", interval=0.3)
         r.close()
 
@@ -129,16 +158,25 @@ class FlowerProcess:
 
     def start(self) -> FlowerProcess:
         import requests
+
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def up() -> bool:
             try:
-                return requests.get(f"http://127.0.0.1:{self.port}/api/workers",
-                                    timeout=1).status_code == 200
+                return (
+                    requests.get(f"http://127.0.0.1:{self.port}/api/workers", timeout=1).status_code
+                    == 200
+                )
             except requests.RequestException:
                 return False
+
         wait_for(up, timeout=60, what="Flower to answer", interval=0.3)
         return self
 
@@ -153,13 +191,22 @@ class GatewayProcess:
     """`genq gateway` as a subprocess, as a user starts it (one process: its own cores and
     file descriptors, apart from whoever loads it)."""
 
-    def __init__(self, *, env: dict[str, str], port: int, log_dir: Path,
-                 log_level: str = "warning") -> None:
+    def __init__(
+        self, *, env: dict[str, str], port: int, log_dir: Path, log_level: str = "warning"
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"gateway-{port}.log"
-        self.args = [sys.executable, "-m", "genq.cli", "gateway", "--port", str(port),
-                     "--log-level", log_level]
+        self.args = [
+            sys.executable,
+            "-m",
+            "genq.cli",
+            "gateway",
+            "--port",
+            str(port),
+            "--log-level",
+            log_level,
+        ]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.name = ""
@@ -167,9 +214,15 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         import requests
+
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -181,6 +234,7 @@ class GatewayProcess:
             if reply.status_code == 200:
                 self.name = reply.json()["gateway"]
             return reply.status_code == 200
+
         wait_for(up, timeout=60, what="the gateway to answer", interval=0.3)
         return self
 

@@ -119,9 +119,13 @@ class TaskMessage:
 
     def encode(self, *, attempts: int | None = None) -> tuple[dict[str, Any], bytes]:
         """Headers and body of this job's message, carrying `attempts` (default: its own)."""
-        return encode_task(self.spec, job_id=self.job_id, enqueued_at=self.enqueued_at,
-                           deadline_at=self.deadline_at,
-                           attempts=self.attempts if attempts is None else attempts)
+        return encode_task(
+            self.spec,
+            job_id=self.job_id,
+            enqueued_at=self.enqueued_at,
+            deadline_at=self.deadline_at,
+            attempts=self.attempts if attempts is None else attempts,
+        )
 
 
 def message_properties(job_id: str, headers: dict[str, Any], *, turn: int) -> dict[str, Any]:
@@ -191,8 +195,9 @@ def decode_task(headers: dict[str, Any] | None, body: bytes) -> TaskMessage:
     spec = parse_spec(kwargs["spec"])
     enqueued_at = _time(headers.get(ENQUEUED_AT_HEADER))
     if enqueued_at is None:
-        raise ValidationError(f"headers.{ENQUEUED_AT_HEADER}: missing enqueue time",
-                              field="enqueued_at")
+        raise ValidationError(
+            f"headers.{ENQUEUED_AT_HEADER}: missing enqueue time", field="enqueued_at"
+        )
     deadline_at = _time(headers.get(DEADLINE_AT_HEADER))
     retries = headers.get("retries") or 0
     return TaskMessage(
@@ -216,8 +221,9 @@ def crashes(headers: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def dead_letter_headers(headers: Mapping[str, Any], *, reason: str,
-                        attempts: int) -> dict[str, Any]:
+def dead_letter_headers(
+    headers: Mapping[str, Any], *, reason: str, attempts: int
+) -> dict[str, Any]:
     """A message's headers as it goes to its model's dead-letter queue: why, and after how
     many attempts."""
     return {**headers, DEAD_REASON_HEADER: reason, DEAD_ATTEMPTS_HEADER: attempts}

@@ -90,8 +90,10 @@ def check(
     URLs come from the keyword arguments, else from `settings`, which also give the TLS.
     """
     broker, results = _urls(settings, broker_url, redis_url)
-    return [_probe_broker(broker, timeout, settings)[0],
-            _probe_redis(results, timeout, settings)[0]]
+    return [
+        _probe_broker(broker, timeout, settings)[0],
+        _probe_redis(results, timeout, settings)[0],
+    ]
 
 
 def start(
@@ -272,9 +274,7 @@ def _run(command: list[str]) -> str | None:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _urls(
-    settings: ServiceUrls, broker_url: str | None, redis_url: str | None
-) -> tuple[str, str]:
+def _urls(settings: ServiceUrls, broker_url: str | None, redis_url: str | None) -> tuple[str, str]:
     return broker_url or str(settings.broker_url), redis_url or str(settings.redis_url)
 
 

@@ -191,8 +191,9 @@ class GatewaySettings(ClientSettings):
     def _levels_in_range(self) -> GatewaySettings:
         for name in ("default_priority", "batch_priority"):
             if getattr(self, name) >= self.levels:
-                raise ValueError(f"{name}: {getattr(self, name)} is outside the levels "
-                                 f"0..{self.levels - 1}")
+                raise ValueError(
+                    f"{name}: {getattr(self, name)} is outside the levels 0..{self.levels - 1}"
+                )
         return self
 
     @property

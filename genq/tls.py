@@ -27,8 +27,15 @@ import redis
 
 from genq.errors import ValidationError
 
-__all__ = ["TlsSettings", "celery_ssl", "pika_parameters", "redis_from_url",
-           "redis_pool_from_url", "redis_ssl_kwargs", "ssl_context"]
+__all__ = [
+    "TlsSettings",
+    "celery_ssl",
+    "pika_parameters",
+    "redis_from_url",
+    "redis_pool_from_url",
+    "redis_ssl_kwargs",
+    "ssl_context",
+]
 
 
 class TlsSettings(Protocol):
@@ -53,14 +60,17 @@ def ssl_context(settings: TlsSettings) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=s.tls_ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ValidationError(f"GENQ_TLS_CA_FILE: cannot load {s.tls_ca_file!r}: {exc}",
-                              field="tls_ca_file") from exc
+        raise ValidationError(
+            f"GENQ_TLS_CA_FILE: cannot load {s.tls_ca_file!r}: {exc}", field="tls_ca_file"
+        ) from exc
     if s.tls_cert_file:
         try:
             context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ValidationError(f"GENQ_TLS_CERT_FILE / GENQ_TLS_KEY_FILE: cannot load "
-                                  f"{s.tls_cert_file!r}: {exc}", field="tls_cert_file") from exc
+            raise ValidationError(
+                f"GENQ_TLS_CERT_FILE / GENQ_TLS_KEY_FILE: cannot load {s.tls_cert_file!r}: {exc}",
+                field="tls_cert_file",
+            ) from exc
     if not s.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -78,20 +88,24 @@ def pika_parameters(url: str, settings: TlsSettings) -> pika.URLParameters:
 def redis_ssl_kwargs(settings: TlsSettings) -> dict[str, Any]:
     """redis-py's TLS arguments (for a `rediss://` URL)."""
     s = settings
-    return {"ssl_ca_certs": s.tls_ca_file, "ssl_certfile": s.tls_cert_file,
-            "ssl_keyfile": s.tls_key_file,
-            "ssl_cert_reqs": "required" if s.tls_verify else "none",
-            "ssl_check_hostname": s.tls_verify}
+    return {
+        "ssl_ca_certs": s.tls_ca_file,
+        "ssl_certfile": s.tls_cert_file,
+        "ssl_keyfile": s.tls_key_file,
+        "ssl_cert_reqs": "required" if s.tls_verify else "none",
+        "ssl_check_hostname": s.tls_verify,
+    }
 
 
 @overload
-def redis_from_url(url: str, settings: TlsSettings, *,
-                   client: None = None, **kwargs: Any) -> redis.Redis: ...
+def redis_from_url(
+    url: str, settings: TlsSettings, *, client: None = None, **kwargs: Any
+) -> redis.Redis: ...
 @overload
-def redis_from_url(url: str, settings: TlsSettings, *,
-                   client: type[R], **kwargs: Any) -> R: ...
-def redis_from_url(url: str, settings: TlsSettings, *,
-                   client: type[R] | None = None, **kwargs: Any) -> R | redis.Redis:
+def redis_from_url(url: str, settings: TlsSettings, *, client: type[R], **kwargs: Any) -> R: ...
+def redis_from_url(
+    url: str, settings: TlsSettings, *, client: type[R] | None = None, **kwargs: Any
+) -> R | redis.Redis:
     """`client.from_url(url, **kwargs)` (`redis.Redis` unless given, e.g.
     `redis.asyncio.Redis`), with the settings' TLS for a `rediss://` URL."""
     cls: Any = client if client is not None else redis.Redis
@@ -100,8 +114,7 @@ def redis_from_url(url: str, settings: TlsSettings, *,
     return cls.from_url(url, **kwargs)  # type: ignore[no-any-return]
 
 
-def redis_pool_from_url(url: str, settings: TlsSettings, *,
-                        pool: type[P], **kwargs: Any) -> P:
+def redis_pool_from_url(url: str, settings: TlsSettings, *, pool: type[P], **kwargs: Any) -> P:
     """`pool.from_url(url, **kwargs)` (a redis-py connection pool class), with the
     settings' TLS for a `rediss://` URL."""
     if urlsplit(url).scheme == "rediss":
@@ -116,13 +129,21 @@ def celery_ssl(broker_url: str, redis_url: str, settings: TlsSettings) -> dict[s
     reqs = ssl.CERT_REQUIRED if s.tls_verify else ssl.CERT_NONE
     conf: dict[str, Any] = {}
     if urlsplit(broker_url).scheme == "amqps":
-        options = {"ca_certs": s.tls_ca_file, "certfile": s.tls_cert_file,
-                   "keyfile": s.tls_key_file, "cert_reqs": reqs}
+        options = {
+            "ca_certs": s.tls_ca_file,
+            "certfile": s.tls_cert_file,
+            "keyfile": s.tls_key_file,
+            "cert_reqs": reqs,
+        }
         if s.tls_verify:
             options["server_hostname"] = urlsplit(broker_url).hostname
         conf["broker_use_ssl"] = {k: v for k, v in options.items() if v is not None}
     if urlsplit(redis_url).scheme == "rediss":
-        options = {"ssl_ca_certs": s.tls_ca_file, "ssl_certfile": s.tls_cert_file,
-                   "ssl_keyfile": s.tls_key_file, "ssl_cert_reqs": reqs}
+        options = {
+            "ssl_ca_certs": s.tls_ca_file,
+            "ssl_certfile": s.tls_cert_file,
+            "ssl_keyfile": s.tls_key_file,
+            "ssl_cert_reqs": reqs,
+        }
         conf["redis_backend_use_ssl"] = {k: v for k, v in options.items() if v is not None}
     return conf

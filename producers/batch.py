@@ -38,8 +38,9 @@ def read_requests(path: Path, *, default_model: str | None) -> list[tuple[Any, d
     return requests
 
 
-def run_batch(client: Client, path: Path, output: Path, *, default_model: str | None,
-              timeout: float | None) -> None:
+def run_batch(
+    client: Client, path: Path, output: Path, *, default_model: str | None, timeout: float | None
+) -> None:
     requests = read_requests(path, default_model=default_model)
     specs = []
     for number, (_cid, data) in enumerate(requests, 1):
@@ -53,9 +54,13 @@ def run_batch(client: Client, path: Path, output: Path, *, default_model: str | 
     out: TextIO = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
     try:
         for (custom_id, _data), record in zip(requests, records, strict=True):
-            line = {"custom_id": custom_id, **record.model_dump(
-                mode="json", include={"id", "state", "text", "finish_reason", "usage",
-                                      "error", "cached"})}
+            line = {
+                "custom_id": custom_id,
+                **record.model_dump(
+                    mode="json",
+                    include={"id", "state", "text", "finish_reason", "usage", "error", "cached"},
+                ),
+            }
             out.write(json.dumps(line) + "\n")
     finally:
         if out is not sys.stdout:

@@ -42,8 +42,7 @@ from genq.schema import JobRecord, JobState
 from producers.client import Client
 from producers.reliability import AuditLine, audit
 
-__all__ = ["SCENARIOS", "ChaosError", "WorkerInfo", "fleet_workers", "run_chaos",
-           "worker_info"]
+__all__ = ["SCENARIOS", "ChaosError", "WorkerInfo", "fleet_workers", "run_chaos", "worker_info"]
 
 SCENARIOS = ("kill", "engine", "sigterm", "poison", "malformed")
 
@@ -85,14 +84,19 @@ class WorkerInfo:
 def worker_info(client: Client, name: str) -> WorkerInfo | None:
     """A worker by its name (a job record's `worker`), if its heartbeat is fresh."""
     raw: dict[str, str] = client.store.redis.hgetall(  # type: ignore[assignment]
-        names.worker_stats_key(name))
+        names.worker_stats_key(name)
+    )
     if not raw.get("pid"):
         return None
     engine = raw.get("engine_pid") or ""
-    return WorkerInfo(name=name, model=raw.get("model", ""), host=raw.get("host", ""),
-                      pid=int(raw["pid"]),
-                      engine_pid=int(engine) if engine.isdigit() else None,
-                      running=int(raw.get("running", 0) or 0))
+    return WorkerInfo(
+        name=name,
+        model=raw.get("model", ""),
+        host=raw.get("host", ""),
+        pid=int(raw["pid"]),
+        engine_pid=int(engine) if engine.isdigit() else None,
+        running=int(raw.get("running", 0) or 0),
+    )
 
 
 def fleet_workers(client: Client, model: str) -> list[WorkerInfo]:
@@ -150,14 +154,19 @@ class Chaos:
 
     def running_victim(self, ids: list[str]) -> WorkerInfo:
         """A worker on this host that is running some of our jobs right now."""
+
         def find() -> WorkerInfo | None:
-            names_running = {r.worker for r in _records(self.client, ids)
-                             if r and r.state is JobState.RUNNING and r.worker}
+            names_running = {
+                r.worker
+                for r in _records(self.client, ids)
+                if r and r.state is JobState.RUNNING and r.worker
+            }
             for name in names_running:
                 info = worker_info(self.client, name)
                 if info is not None and info.local:
                     return info
             return None
+
         return self.wait(find, "a worker on this host running the submitted jobs")
 
     def wait(self, predicate: Callable[[], T | None], what: str) -> T:
@@ -177,9 +186,14 @@ class Chaos:
         """Bring a worker back with `restart_cmd`; without one, a supervisor must."""
         if not self.restart_cmd:
             return
-        self.restarted.append(subprocess.Popen(
-            shlex.split(self.restart_cmd), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.restarted.append(
+            subprocess.Popen(
+                shlex.split(self.restart_cmd),
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         self.say(f"chaos: restarted a worker (pid {self.restarted[-1].pid}): {self.restart_cmd}")
 
     def kill_engine(self, worker: WorkerInfo) -> None:
@@ -215,6 +229,7 @@ class Chaos:
         returns how many engines it took."""
         kills = 0
         while True:
+
             def running_here() -> WorkerInfo | JobRecord | None:
                 record = self.client.status(poison_id)
                 if record.done:
@@ -224,12 +239,17 @@ class Chaos:
                     if info is not None and info.local:
                         return info
                 return None
+
             # A cast: mypy infers the wait's type as the join of the two (object).
-            found = cast("WorkerInfo | JobRecord",
-                         self.wait(running_here, "the poison job to run on a worker here"))
+            found = cast(
+                "WorkerInfo | JobRecord",
+                self.wait(running_here, "the poison job to run on a worker here"),
+            )
             if isinstance(found, JobRecord):
-                self.say(f"chaos: poison job {poison_id} ended {found.state.value} after "
-                         f"{found.attempts} attempts: {found.error}")
+                self.say(
+                    f"chaos: poison job {poison_id} ended {found.state.value} after "
+                    f"{found.attempts} attempts: {found.error}"
+                )
                 return kills
             self.kill_engine(found)
             kills += 1
@@ -239,10 +259,19 @@ class Chaos:
         """Publish bodies that are not genq jobs; returns the ID of the one that has a job
         record (it must end failed, not pend forever)."""
         broken_id = uuid.uuid4().hex
-        self.client.store.create([{
-            "id": broken_id, "state": JobState.QUEUED.value, "model": self.model,
-            "priority": "0", "tenant": self.client.settings.default_tenant,
-            "enqueued_at": repr(time.time()), "attempts": "0"}])
+        self.client.store.create(
+            [
+                {
+                    "id": broken_id,
+                    "state": JobState.QUEUED.value,
+                    "model": self.model,
+                    "priority": "0",
+                    "tenant": self.client.settings.default_tenant,
+                    "enqueued_at": repr(time.time()),
+                    "attempts": "0",
+                }
+            ]
+        )
         bad: list[tuple[dict[str, Any] | None, bytes]] = [
             ({"task": names.TASK_NAME, "id": broken_id}, b"{not json"),
             (None, b"no headers at all"),
@@ -254,9 +283,12 @@ class Chaos:
             channel = conn.channel()
             channel.confirm_delivery()
             for headers, body in bad:
-                channel.basic_publish(names.EXCHANGE, names.level_routing_key(self.model, 0),
-                                      body, pika.BasicProperties(headers=headers,
-                                                                 delivery_mode=2))
+                channel.basic_publish(
+                    names.EXCHANGE,
+                    names.level_routing_key(self.model, 0),
+                    body,
+                    pika.BasicProperties(headers=headers, delivery_mode=2),
+                )
         finally:
             conn.close()
         self.say(f"chaos: published {len(bad)} malformed messages to {self.model}")
@@ -277,25 +309,49 @@ def _records(client: Client, ids: list[str]) -> list[JobRecord | None]:
         return out
 
 
-def run_chaos(client: Client, *, model: str, scenario: str, jobs: int = 300,
-              max_tokens: int = 32, poison_tokens: int = 256, restart_cmd: str | None = None,
-              timeout: float = 1800.0, say: Callable[[str], None] = print) -> AuditLine:
+def run_chaos(
+    client: Client,
+    *,
+    model: str,
+    scenario: str,
+    jobs: int = 300,
+    max_tokens: int = 32,
+    poison_tokens: int = 256,
+    restart_cmd: str | None = None,
+    timeout: float = 1800.0,
+    say: Callable[[str], None] = print,
+) -> AuditLine:
     """Submit `jobs` jobs to `model`, do `scenario`'s damage, wait, audit (see the module)."""
     if scenario not in SCENARIOS:
         raise ChaosError(f"scenario: {scenario!r} is not one of {', '.join(SCENARIOS)}")
-    chaos = Chaos(client, model, restart_cmd=restart_cmd, say=say,
-                  deadline=time.monotonic() + timeout)
+    chaos = Chaos(
+        client, model, restart_cmd=restart_cmd, say=say, deadline=time.monotonic() + timeout
+    )
     if not [w for w in fleet_workers(client, model) if w.local] and scenario != "malformed":
         raise ChaosError(f"no worker of {model} runs on this host ({socket.gethostname()})")
-    ids = client.submit_many([
-        {"model": model, "prompt": f"chaos {scenario} {i}", "priority": i % client.settings.levels,
-         "max_tokens": max_tokens, "ignore_eos": True} for i in range(jobs)])
+    ids = client.submit_many(
+        [
+            {
+                "model": model,
+                "prompt": f"chaos {scenario} {i}",
+                "priority": i % client.settings.levels,
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+            }
+            for i in range(jobs)
+        ]
+    )
     say(f"chaos: submitted {jobs} jobs to {model}")
     classify: dict[str, str] = {}
     if scenario == "poison":
         # Long and urgent: it starts early and runs long enough to be caught running.
-        poison_id = client.submit("poison", model=model, priority=client.settings.levels - 1,
-                                  max_tokens=poison_tokens, ignore_eos=True)
+        poison_id = client.submit(
+            "poison",
+            model=model,
+            priority=client.settings.levels - 1,
+            max_tokens=poison_tokens,
+            ignore_eos=True,
+        )
         ids.append(poison_id)
         classify[poison_id] = "poison"
         chaos.poison(poison_id)
@@ -306,8 +362,9 @@ def run_chaos(client: Client, *, model: str, scenario: str, jobs: int = 300,
     else:
         getattr(chaos, scenario)(ids)
     try:
-        records: list[JobRecord | None] = list(client.wait_many(
-            ids, timeout=max(1.0, chaos.deadline - time.monotonic())))
+        records: list[JobRecord | None] = list(
+            client.wait_many(ids, timeout=max(1.0, chaos.deadline - time.monotonic()))
+        )
     except (TimeoutError, NotFoundError):
         records = _records(client, ids)
     return audit(client.settings.redis_url, client.settings, ids, records, classify=classify)

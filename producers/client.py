@@ -42,13 +42,22 @@ _POLL_MAX = 0.5
 class Client:
     """`Client()` reads `GENQ_*` settings; pass `settings=` or field overrides to change them."""
 
-    def __init__(self, settings: ClientSettings | None = None, *,
-                 connection_name: str | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings | None = None,
+        *,
+        connection_name: str | None = None,
+        **overrides: Any,
+    ) -> None:
         """`connection_name` names this client's Redis connections (CLIENT LIST)."""
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
-        self.store = JobStore(self.settings.redis_url, self.settings,
-                              job_ttl=self.settings.job_ttl, client_name=connection_name)
+        self.store = JobStore(
+            self.settings.redis_url,
+            self.settings,
+            job_ttl=self.settings.job_ttl,
+            client_name=connection_name,
+        )
         self._demand = DemandCounter(self.store.redis, horizon=self.settings.fair_horizon)
         self._publisher = Publisher(
             self.settings.broker_url,
@@ -103,11 +112,18 @@ class Client:
             spec, job_id = specs[i], ids[i]
             tenant = _tenant(spec)
             deadline_at = spec.deadline_at(now)
-            records.append(new_record_fields(
-                spec, job_id=job_id, tenant=tenant, enqueued_at=now, deadline_at=deadline_at,
-                cache_key=cache_key(spec) if self.settings.result_cache else None,
-                cache_ttl=self.settings.cache_ttl, cache_max_bytes=self.settings.cache_max_bytes,
-            ))
+            records.append(
+                new_record_fields(
+                    spec,
+                    job_id=job_id,
+                    tenant=tenant,
+                    enqueued_at=now,
+                    deadline_at=deadline_at,
+                    cache_key=cache_key(spec) if self.settings.result_cache else None,
+                    cache_ttl=self.settings.cache_ttl,
+                    cache_max_bytes=self.settings.cache_max_bytes,
+                )
+            )
             pending[job_id] = (spec, deadline_at)
         # The record goes first: a worker that receives the message must find it.
         created = self.store.create(records)
@@ -147,8 +163,12 @@ class Client:
             if not isinstance(exc, Exception):  # an interrupt: cleaned up, let it through
                 raise
             # Anything else (a bug) must not pass for success either.
-            raise PublishError(f"publishing failed: {exc!r}", accepted=accepted,
-                               unaccepted=unaccepted, accepted_positions=positions) from exc
+            raise PublishError(
+                f"publishing failed: {exc!r}",
+                accepted=accepted,
+                unaccepted=unaccepted,
+                accepted_positions=positions,
+            ) from exc
         return ids
 
     def validate(self, request: JobSpec | dict[str, Any]) -> JobSpec:
@@ -166,8 +186,9 @@ class Client:
         spec.check(self.settings)
         return spec
 
-    def _take_turns(self, outgoing: list[OutgoingJob], specs: list[JobSpec], now: float
-                    ) -> list[OutgoingJob]:
+    def _take_turns(
+        self, outgoing: list[OutgoingJob], specs: list[JobSpec], now: float
+    ) -> list[OutgoingJob]:
         """Each job's turn in its level queue from its tenant's demand (scheduler/turns.py),
         charging the batch to the tenants' counters, model by model."""
         turns = [TOP_TURN] * len(outgoing)
@@ -175,9 +196,10 @@ class Client:
         for n, job in enumerate(outgoing):
             by_model.setdefault(job.model, []).append(n)
         for model, positions in by_model.items():
-            charges = [(_tenant(specs[n]),
-                        expected_tokens(specs[n].prompt_chars(), specs[n].max_tokens))
-                       for n in positions]
+            charges = [
+                (_tenant(specs[n]), expected_tokens(specs[n].prompt_chars(), specs[n].max_tokens))
+                for n in positions
+            ]
             for n, before in zip(positions, self._demand.charge(model, charges, now), strict=True):
                 turns[n] = turn(before, self.settings.fair_quantum, TOP_TURN)
         return [dataclasses.replace(job, turn=t) for job, t in zip(outgoing, turns, strict=True)]
@@ -211,8 +233,7 @@ class Client:
 
     def _idem_key(self, spec: JobSpec) -> str:
         assert spec.idempotency_key is not None
-        return names.idempotency_key(_tenant(spec),
-                                     spec.idempotency_key)
+        return names.idempotency_key(_tenant(spec), spec.idempotency_key)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -231,8 +252,9 @@ class Client:
             "waited_s": round(record.wait_seconds(), 3),
             "depth_by_level": depths,
             # Its own message is in its level's count.
-            "ahead_at_most": max(0, sum(n for level, n in depths.items()
-                                        if level >= record.priority) - 1),
+            "ahead_at_most": max(
+                0, sum(n for level, n in depths.items() if level >= record.priority) - 1
+            ),
             "estimate": True,
         }
 
@@ -278,10 +300,12 @@ class Client:
                 if timeout == 0:
                     current = {r.id: r for r in self.store.get_many(pending)}
                     return [records.get(i) or current[i] for i in job_ids]
-                raise TimeoutError(f"{len(pending)} of {len(job_ids)} jobs not done "
-                                   f"after {timeout} s")
-            time.sleep(delay if deadline is None else
-                       max(0.0, min(delay, deadline - time.monotonic())))
+                raise TimeoutError(
+                    f"{len(pending)} of {len(job_ids)} jobs not done after {timeout} s"
+                )
+            time.sleep(
+                delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            )
             delay = min(delay * 1.5, _POLL_MAX)
 
     def cancel(self, job_id: str) -> str:
@@ -302,17 +326,25 @@ class Client:
     def _publish_promoted(self, job_id: str, lease: float) -> None:
         try:
             message = self.store.task_message(job_id)
-            headers, body = encode_task(message.spec, job_id=job_id,
-                                        enqueued_at=message.enqueued_at,
-                                        deadline_at=message.deadline_at)
-            self._publisher.publish([OutgoingJob(job_id, message.spec.model,
-                                                 message.spec.priority, headers, body)])
+            headers, body = encode_task(
+                message.spec,
+                job_id=job_id,
+                enqueued_at=message.enqueued_at,
+                deadline_at=message.deadline_at,
+            )
+            self._publisher.publish(
+                [OutgoingJob(job_id, message.spec.model, message.spec.priority, headers, body)]
+            )
             self.store.release(job_id, lease)
         except (GenqError, KeyError, ValueError) as exc:  # a broker or store error, a bad record
             # The cancel itself is done. The follower keeps its lease; when it expires a
             # worker's reaper publishes it, as it does for the jobs of a worker that died.
-            log.warning("job %s: publishing it in place of a cancelled job failed (%s); "
-                        "a worker will republish it", job_id, exc)
+            log.warning(
+                "job %s: publishing it in place of a cancelled job failed (%s); "
+                "a worker will republish it",
+                job_id,
+                exc,
+            )
 
 
 def _tenant(spec: JobSpec) -> str:

@@ -40,9 +40,16 @@ def _scan(client: Client, model: str) -> tuple[Any, Any, list[tuple[int, DeadLet
         if method is None:
             break
         headers = props.headers or {}
-        found.append((method.delivery_tag, DeadLetter(
-            message_job_id(headers), dead_letter_reason(headers),
-            dead_letter_attempts(headers))))
+        found.append(
+            (
+                method.delivery_tag,
+                DeadLetter(
+                    message_job_id(headers),
+                    dead_letter_reason(headers),
+                    dead_letter_attempts(headers),
+                ),
+            )
+        )
     return conn, channel, found
 
 
@@ -61,8 +68,7 @@ def requeue_dead(client: Client, model: str, job_id: str) -> None:
         client.store.revive(job_id)
         message = client.store.task_message(job_id)
         headers, body = message.encode(attempts=0)
-        client.publisher.publish([OutgoingJob(job_id, model, message.spec.priority,
-                                              headers, body)])
+        client.publisher.publish([OutgoingJob(job_id, model, message.spec.priority, headers, body)])
         channel.basic_ack(tag)
     finally:
         conn.close()

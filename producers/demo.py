@@ -23,19 +23,29 @@ from producers.client import Client
 __all__ = ["run_demo"]
 
 PROMPTS = [
-    "The queue", "Once upon a time", "def fibonacci(n):", "import asyncio", "Dear reader,",
-    "class Worker:", "The scheduler picks", "Redis keeps", "# TODO", "for line in",
+    "The queue",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "import asyncio",
+    "Dear reader,",
+    "class Worker:",
+    "The scheduler picks",
+    "Redis keeps",
+    "# TODO",
+    "for line in",
 ]
 
 
-def run_demo(*, model_path: Path, jobs: int = 100, flower_port: int = 5555,
-             model_name: str = "demo-tiny") -> None:
+def run_demo(
+    *, model_path: Path, jobs: int = 100, flower_port: int = 5555, model_name: str = "demo-tiny"
+) -> None:
     env = {**os.environ, "GENQ_MODELS": model_name}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     logs = Path(tempfile.mkdtemp(prefix="genq-demo-"))
     print(f"starting a worker on {model_path} (logs in {logs}) and Flower on :{flower_port} ...")
-    worker = WorkerProcess(model_path=model_path, model_name=model_name, env=env,
-                           log_dir=logs, max_num_seqs=32)
+    worker = WorkerProcess(
+        model_path=model_path, model_name=model_name, env=env, log_dir=logs, max_num_seqs=32
+    )
     flower = FlowerProcess(env=env, port=flower_port, log_dir=logs)
     try:
         flower.start()
@@ -44,8 +54,10 @@ def run_demo(*, model_path: Path, jobs: int = 100, flower_port: int = 5555,
         with Client(models=[model_name]) as client:
             records = _submit_and_wait(client, model_name, jobs)
         _report(records)
-        print(f"\nFlower showed these jobs at http://127.0.0.1:{flower_port}/tasks "
-              "(stopping it now; run `genq flower` to keep one up).")
+        print(
+            f"\nFlower showed these jobs at http://127.0.0.1:{flower_port}/tasks "
+            "(stopping it now; run `genq flower` to keep one up)."
+        )
     finally:
         worker.stop()
         flower.stop()
@@ -53,8 +65,16 @@ def run_demo(*, model_path: Path, jobs: int = 100, flower_port: int = 5555,
 
 def _submit_and_wait(client: Client, model: str, jobs: int) -> list[JobRecord]:
     rng = random.Random(0)
-    requests = [{"model": model, "prompt": rng.choice(PROMPTS), "priority": rng.randrange(10),
-                 "max_tokens": rng.randint(16, 64), "temperature": 0.8} for _ in range(jobs)]
+    requests = [
+        {
+            "model": model,
+            "prompt": rng.choice(PROMPTS),
+            "priority": rng.randrange(10),
+            "max_tokens": rng.randint(16, 64),
+            "temperature": 0.8,
+        }
+        for _ in range(jobs)
+    ]
     ids = client.submit_many(requests)
     print(f"submitted {len(ids)} jobs across priority levels 0..9")
     with tqdm(total=len(ids), unit="job", file=sys.stdout) as bar:

@@ -120,11 +120,15 @@ class _Link:
         self._batch: _Batch | None = None
         self._next_tag = 1
         self.channel: Any = None
-        self.conn = SelectConnection(params, on_open_callback=self._opened,
-                                     on_open_error_callback=self._open_failed,
-                                     on_close_callback=self._closed)
-        self._thread = threading.Thread(target=self.conn.ioloop.start,
-                                        name="genq-publisher", daemon=True)
+        self.conn = SelectConnection(
+            params,
+            on_open_callback=self._opened,
+            on_open_error_callback=self._open_failed,
+            on_close_callback=self._closed,
+        )
+        self._thread = threading.Thread(
+            target=self.conn.ioloop.start, name="genq-publisher", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(timeout) or self._error:
             self.close()
@@ -179,7 +183,8 @@ class _Link:
                     routing_key=names.level_routing_key(job.model, job.level),
                     body=job.body,
                     properties=pika.BasicProperties(
-                        **message_properties(job.job_id, job.headers, turn=job.turn)),
+                        **message_properties(job.job_id, job.headers, turn=job.turn)
+                    ),
                     mandatory=True,
                 )
         except Exception as exc:  # noqa: BLE001 - the submitter hears of it, whatever it is
@@ -250,10 +255,13 @@ class Publisher:
             why += f" ({len(errors)} attempts)"
             raise PublishError(
                 f"the broker did not confirm {len(jobs) - len(confirmed)} of {len(jobs)} "
-                f"jobs ({len(confirmed)} confirmed): {why}", confirmed=confirmed)
+                f"jobs ({len(confirmed)} confirmed): {why}",
+                confirmed=confirmed,
+            )
 
-    def _attempt(self, jobs: Sequence[OutgoingJob], todo: list[int],
-                 acked: list[bool]) -> str | None:
+    def _attempt(
+        self, jobs: Sequence[OutgoingJob], todo: list[int], acked: list[bool]
+    ) -> str | None:
         """Publish `todo` once, marking in `acked` what the broker confirmed; why it failed,
         or None."""
         try:

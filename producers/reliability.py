@@ -30,19 +30,33 @@ class AuditLine:
     """Failed jobs by the first word of their error's kind (e.g. `poison`, `malformed`)."""
 
     def counts(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "succeeded": self.succeeded, "failed": self.failed,
-                "lost": self.lost, "duplicated": self.duplicated}
+        return {
+            "accepted": self.accepted,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+        }
 
     def __str__(self) -> str:
-        why = ",".join(f"{k}:{v}" if len(self.failed_why) > 1 else k
-                       for k, v in sorted(self.failed_why.items()))
+        why = ",".join(
+            f"{k}:{v}" if len(self.failed_why) > 1 else k
+            for k, v in sorted(self.failed_why.items())
+        )
         failed = f"{self.failed}({why})" if why else str(self.failed)
-        return (f"accepted={self.accepted} succeeded={self.succeeded} failed={failed} "
-                f"lost={self.lost} duplicated={self.duplicated}")
+        return (
+            f"accepted={self.accepted} succeeded={self.succeeded} failed={failed} "
+            f"lost={self.lost} duplicated={self.duplicated}"
+        )
 
 
-def audit(redis_url: str, tls: TlsSettings, ids: list[str], records: list[JobRecord | None],
-          classify: dict[str, str] | None = None) -> AuditLine:
+def audit(
+    redis_url: str,
+    tls: TlsSettings,
+    ids: list[str],
+    records: list[JobRecord | None],
+    classify: dict[str, str] | None = None,
+) -> AuditLine:
     """Check `records` (as read back for `ids`) against Celery's result keys.
 
     `classify` maps job IDs to a label for the failed count (`poison`, ...); other failed
@@ -60,9 +74,14 @@ def audit(redis_url: str, tls: TlsSettings, ids: list[str], records: list[JobRec
         r.close()
     present = [rec for rec in records if rec is not None]
     states = Counter(rec.state.value for rec in present)
-    failed_why = Counter((classify or {}).get(rec.id, "error") for rec in present
-                         if rec.state is JobState.FAILED)
+    failed_why = Counter(
+        (classify or {}).get(rec.id, "error") for rec in present if rec.state is JobState.FAILED
+    )
     return AuditLine(
-        accepted=len(ids), succeeded=states["succeeded"], failed=states["failed"],
+        accepted=len(ids),
+        succeeded=states["succeeded"],
+        failed=states["failed"],
         lost=sum(1 for rec in records if rec is None or not rec.done),
-        duplicated=duplicated, failed_why=failed_why)
+        duplicated=duplicated,
+        failed_why=failed_why,
+    )

@@ -62,8 +62,14 @@ DEFAULT_FAIR_LEVELS = 2.0
 class FairQueue:
     """The `fair` admission queue. See the module docstring for the rule and its bounds."""
 
-    def __init__(self, *, alpha: float, beta: float, fair_levels: float = DEFAULT_FAIR_LEVELS,
-                 weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float,
+        beta: float,
+        fair_levels: float = DEFAULT_FAIR_LEVELS,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         if not (fair_levels >= 0 and math.isfinite(fair_levels)):
             raise ValueError(f"fair_levels: must be finite and >= 0, not {fair_levels!r}")
         self._weights = dict(weights or {})
@@ -79,8 +85,9 @@ class FairQueue:
         self._last_left: str | None = None
 
     def _key(self, candidate: Candidate[Any]) -> float:
-        return static_key(candidate.priority, candidate.enqueued_at,
-                          alpha=self._alpha, beta=self._beta)
+        return static_key(
+            candidate.priority, candidate.enqueued_at, alpha=self._alpha, beta=self._beta
+        )
 
     def counter(self, tenant: str) -> float:
         """The tenant's virtual counter: service received, in tokens divided by its weight."""
@@ -117,9 +124,10 @@ class FairQueue:
             raise IndexError("admission queue is empty")
         tops = {tenant: heap.top_key() for tenant, heap in self._heaps.items()}
         threshold = max(tops.values()) - self._band
-        return min((t for t, k in tops.items() if k >= threshold),
-                   key=lambda t: (self._counters[t], -tops[t],
-                                  self._heaps[t].peek().enqueued_at, t))
+        return min(
+            (t for t, k in tops.items() if k >= threshold),
+            key=lambda t: (self._counters[t], -tops[t], self._heaps[t].peek().enqueued_at, t),
+        )
 
     def peek(self) -> Candidate[Any]:
         return self._heaps[self._choose()].peek()

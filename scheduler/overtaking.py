@@ -27,9 +27,14 @@ class Start(NamedTuple):
     """None: still waiting when the record was taken."""
 
 
-def overtakings_past_bound(starts: Iterable[tuple[str, int, float, float | None]], *,
-                           alpha: float, beta: float, slack: float = 0.0,
-                           in_transit: float = 0.0) -> int:
+def overtakings_past_bound(
+    starts: Iterable[tuple[str, int, float, float | None]],
+    *,
+    alpha: float,
+    beta: float,
+    slack: float = 0.0,
+    in_transit: float = 0.0,
+) -> int:
     """Count the pairs (i, j) where job j started before job i although j arrived more than
     `(α/β)·(p_j − p_i) + slack` seconds after i, and i was already waiting when j started.
 

@@ -55,9 +55,14 @@ class AdmissionQueue(Protocol):
     def __contains__(self, job_id: object) -> bool: ...
 
 
-def create_admission_queue(policy: Policy | str, *, alpha: float, beta: float,
-                           fair_levels: float = DEFAULT_FAIR_LEVELS,
-                           fair_weights: Mapping[str, float] | None = None) -> AdmissionQueue:
+def create_admission_queue(
+    policy: Policy | str,
+    *,
+    alpha: float,
+    beta: float,
+    fair_levels: float = DEFAULT_FAIR_LEVELS,
+    fair_weights: Mapping[str, float] | None = None,
+) -> AdmissionQueue:
     """The queue for `policy`. `fair_levels` (the band, in priority levels) and
     `fair_weights` (tenant -> share, default 1) matter only to `fair`."""
     policy = Policy(policy)

@@ -27,8 +27,8 @@ class RefillWatch:
         if not wait >= 0:
             raise ValueError(f"refill wait: must be >= 0 seconds, not {wait!r}")
         self._wait = wait
-        self._due: dict[int, deque[float]] = {}   # level -> deadlines of awaited deliveries
-        self._last_key: dict[int, float] = {}     # level -> key of its latest delivery
+        self._due: dict[int, deque[float]] = {}  # level -> deadlines of awaited deliveries
+        self._last_key: dict[int, float] = {}  # level -> key of its latest delivery
 
     def delivered(self, level: int, key: float) -> None:
         """A job arrived from `level`'s queue: one awaited refill (if any) has come."""

@@ -73,12 +73,19 @@ class EarlyStart:
     """A job in the engine while its admission is decided: `generate` under a gate that
     `admit` or `abandon` settles once."""
 
-    def __init__(self, engine: Engine, progress: Progress, message: TaskMessage, *,
-                 prompt: Awaitable[Any] | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        progress: Progress,
+        message: TaskMessage,
+        *,
+        prompt: Awaitable[Any] | None,
+    ) -> None:
         self._gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(
             generate(engine, progress, message, prompt=prompt, admitted=self._gate),
-            name=f"early-{message.job_id}")
+            name=f"early-{message.job_id}",
+        )
 
     def admit(self) -> asyncio.Task[Generation]:
         """It runs here: what it streams may go out; await the task for its result."""
@@ -95,11 +102,24 @@ class EarlyStart:
 
 
 class Admission:
-    def __init__(self, *, settings: WorkerSettings, jobs: JobTable, queue: AdmissionQueue,
-                 refill: RefillWatch, credit: Credit, runner: Runner, ledger: Ledger,
-                 engine: Engine, progress: Progress, broker: BrokerLink, courier: Courier,
-                 observers: Observer, wake: asyncio.Event,
-                 accepting: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        jobs: JobTable,
+        queue: AdmissionQueue,
+        refill: RefillWatch,
+        credit: Credit,
+        runner: Runner,
+        ledger: Ledger,
+        engine: Engine,
+        progress: Progress,
+        broker: BrokerLink,
+        courier: Courier,
+        observers: Observer,
+        wake: asyncio.Event,
+        accepting: Callable[[], bool],
+    ) -> None:
         self._settings = settings
         self._jobs = jobs
         self._queue = queue
@@ -136,9 +156,12 @@ class Admission:
         # Woken first: when this wakes the admission loop, the job's ADMIT goes out before
         # its prompt is rendered (see Engine.render_soon).
         self._wake.set()
-        job = Job(delivery, message,
-                  cost=expected_tokens(message.spec.prompt_chars(), message.spec.max_tokens),
-                  prompt=self._engine.render_soon(message.spec))
+        job = Job(
+            delivery,
+            message,
+            cost=expected_tokens(message.spec.prompt_chars(), message.spec.max_tokens),
+            prompt=self._engine.render_soon(message.spec),
+        )
         self._jobs.add(job)
         candidate = _candidate(job)
         self._queue.add(candidate)
@@ -181,8 +204,9 @@ class Admission:
             for job in batch:
                 self._jobs.move(job, Phase.ADMITTING)
                 if not job.crashes:
-                    job.early = EarlyStart(self._engine, self._progress, job.message,
-                                           prompt=job.prompt)
+                    job.early = EarlyStart(
+                        self._engine, self._progress, job.message, prompt=job.prompt
+                    )
             try:
                 replies = await self._ledger.admit([job.job_id for job in batch])
             except asyncio.CancelledError:  # stopping: the broker link returns the messages
@@ -249,8 +273,11 @@ class Admission:
             # Cancelled after ADMIT ran in Redis, before its reply came back: the cancel
             # found the job running but not yet here (Runner.cancel).
             self._jobs.remove(job)
-            self._spawn(self._runner.end(
-                job.job_id, JobState.CANCELLED, error="cancelled by the client while running"))
+            self._spawn(
+                self._runner.end(
+                    job.job_id, JobState.CANCELLED, error="cancelled by the client while running"
+                )
+            )
             self._observers.revoked(job.job_id)
         elif admit is Admit.RUNNING:
             self._jobs.move(job, Phase.RUNNING)
@@ -259,14 +286,23 @@ class Admission:
         else:
             self._jobs.remove(job)
             if admit is Admit.EXPIRED:
-                self._spawn(self._runner.end(
-                    job.job_id, JobState.EXPIRED, error="deadline passed before the job started"))
+                self._spawn(
+                    self._runner.end(
+                        job.job_id, JobState.EXPIRED, error="deadline passed before the job started"
+                    )
+                )
                 self._observers.revoked(job.job_id, expired=True)
             elif admit is Admit.MISSING:
                 reason = "no job record in Redis (expired, or not submitted through genq)"
-                self._spawn(self._courier.dead_letter(
-                    delivery.headers, delivery.body, attempts=job.message.attempts,
-                    job_id=job.job_id, reason=reason))
+                self._spawn(
+                    self._courier.dead_letter(
+                        delivery.headers,
+                        delivery.body,
+                        attempts=job.message.attempts,
+                        job_id=job.job_id,
+                        reason=reason,
+                    )
+                )
                 self._observers.failed(job.job_id, error="no job record")
                 self._observers.dead_lettered(job.job_id, reason=reason)
             # LEASED (a live worker runs it) and ENDED: this copy is surplus.
@@ -305,6 +341,11 @@ class Admission:
 
 
 def _candidate(job: Job) -> Candidate[Job]:
-    return Candidate(job_id=job.job_id, priority=job.message.spec.priority, cost=job.cost,
-                     enqueued_at=job.message.enqueued_at, tenant=job.tenant, payload=job)
-
+    return Candidate(
+        job_id=job.job_id,
+        priority=job.message.spec.priority,
+        cost=job.cost,
+        enqueued_at=job.message.enqueued_at,
+        tenant=job.tenant,
+        payload=job,
+    )

@@ -46,10 +46,14 @@ class GpuConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery:
         conf = worker.app.conf
         if not conf.get("genq_engine_args"):
             raise RuntimeError(
-                "no engine configured: start workers with `genq worker --model PATH`")
+                "no engine configured: start workers with `genq worker --model PATH`"
+            )
         self.consumer = GpuConsumer(
-            settings=conf.genq_settings, engine_args=conf.genq_engine_args,
-            served_model=conf.genq_served_model, app=worker.app, hostname=worker.hostname,
+            settings=conf.genq_settings,
+            engine_args=conf.genq_engine_args,
+            served_model=conf.genq_served_model,
+            app=worker.app,
+            hostname=worker.hostname,
             on_fatal=_exit_engine_dead,
         )
         self.consumer.start()
@@ -73,7 +77,7 @@ def _exit_engine_dead(error: BaseException) -> None:
 def create_app(settings: WorkerSettings) -> Celery:
     celery = Celery("genq", broker=settings.broker_url, backend=settings.redis_url)
     celery.conf.update(
-        worker_send_task_events=True,       # Flower lists jobs from these
+        worker_send_task_events=True,  # Flower lists jobs from these
         task_send_sent_event=False,
         accept_content=["json"],
         result_serializer="json",
@@ -91,9 +95,14 @@ def create_app(settings: WorkerSettings) -> Celery:
     return celery
 
 
-
-def run_worker(settings: WorkerSettings, *, engine_args: Any, served_model: str,
-               loglevel: str = "INFO", hostname: str | None = None) -> None:
+def run_worker(
+    settings: WorkerSettings,
+    *,
+    engine_args: Any,
+    served_model: str,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
+) -> None:
     """Run a Celery worker in this process, serving `served_model` with `engine_args`."""
     worker_app = create_app(settings)
     worker_app.conf.genq_settings = settings
@@ -102,10 +111,23 @@ def run_worker(settings: WorkerSettings, *, engine_args: Any, served_model: str,
     name = hostname or f"genq-{os.getpid()}@{socket.gethostname()}"
     # Gone with the worker: a durable queue per worker name (they include the PID) was
     # left behind by every worker that ever ran.
-    worker_app.conf.task_queues = [Queue(names.idle_queue(name), durable=False,  # type: ignore[no-untyped-call]
-                                         auto_delete=True)]
-    worker_app.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", "--task-events",
-        f"--hostname={name}", f"--queues={names.idle_queue(name)}",
-        f"--loglevel={loglevel}", "--without-mingle", "--without-gossip",
-    ])
+    worker_app.conf.task_queues = [
+        Queue(
+            names.idle_queue(name),
+            durable=False,  # type: ignore[no-untyped-call]
+            auto_delete=True,
+        )
+    ]
+    worker_app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--task-events",
+            f"--hostname={name}",
+            f"--queues={names.idle_queue(name)}",
+            f"--loglevel={loglevel}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

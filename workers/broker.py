@@ -170,8 +170,13 @@ class BrokerLink:
         self._send(_Settle(epoch, tag, requeue=True))
 
     def publish(
-        self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes,
-        *, job_id: str,
+        self,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+        body: bytes,
+        *,
+        job_id: str,
     ) -> Future[None]:
         """Publish with a broker confirm; the future fails if it was not confirmed."""
         future: Future[None] = Future()
@@ -246,7 +251,8 @@ class BrokerLink:
                     if self._cancelled_by_broker:
                         raise _ConsumerCancelled(
                             f"the broker cancelled consumer {self._cancelled_by_broker} "
-                            "(its queue deleted?)")
+                            "(its queue deleted?)"
+                        )
             except (pika.exceptions.AMQPError, OSError, _ConsumerCancelled) as exc:
                 log.warning("broker connection lost (%r); reconnecting in %.1f s", exc, delay)
             except Exception:  # a bug in a callback must not end consuming for good
@@ -314,12 +320,15 @@ class BrokerLink:
     def _publish(self, command: _Publish) -> None:
         try:
             self._publish_channel.basic_publish(
-                exchange=command.exchange, routing_key=command.routing_key, body=command.body,
+                exchange=command.exchange,
+                routing_key=command.routing_key,
+                body=command.body,
                 mandatory=True,
                 # Handed back or republished: older than nearly all that queued behind
                 # it, so back at the top turn (scheduler/turns.py).
                 properties=pika.BasicProperties(
-                    **message_properties(command.job_id, command.headers, turn=TOP_TURN)),
+                    **message_properties(command.job_id, command.headers, turn=TOP_TURN)
+                ),
             )
             command.future.set_result(None)
         except Exception as exc:  # the publisher hears of any failure
@@ -327,18 +336,22 @@ class BrokerLink:
             # The connection or the publish channel is gone (a closed channel stays
             # closed): start over on a new connection. A nack or an unroutable return
             # fails only its own publish.
-            if isinstance(exc, (pika.exceptions.AMQPConnectionError,
-                                pika.exceptions.AMQPChannelError, OSError)):
+            if isinstance(
+                exc,
+                (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError),
+            ):
                 raise
 
     def _consume_all(self, tags: list[str]) -> None:
         # Highest level first: after a restart, or a hold-off, its head is the first job
         # handed over.
         for level in reversed(range(self._levels)):
-            tags.append(self._channel.basic_consume(
-                names.level_queue(self._model, level),
-                self._make_callback(level, self._epoch),
-            ))
+            tags.append(
+                self._channel.basic_consume(
+                    names.level_queue(self._model, level),
+                    self._make_callback(level, self._epoch),
+                )
+            )
 
     def _cancel_all(self, tags: list[str]) -> None:
         self._own_cancels.update(tags)
@@ -377,10 +390,12 @@ class BrokerLink:
                 ch.basic_nack(method.delivery_tag, requeue=True)
                 return
             self._deliveries.put(
-                Delivery(epoch, method.delivery_tag, level, props.headers or {}, body))
+                Delivery(epoch, method.delivery_tag, level, props.headers or {}, body)
+            )
             if not self._hand_over_sent:
                 self._hand_over_sent = True
                 self._loop.call_soon_threadsafe(self._hand_over)
+
         return on_message
 
     def _hand_over(self) -> None:

@@ -65,9 +65,16 @@ class GpuConsumer:
     (admission.py, credit.py, running.py), the jobs table they share (jobs.py), and the
     worker's background loops (leases and reaping, cancels, heartbeat)."""
 
-    def __init__(self, *, settings: WorkerSettings, engine_args: Any, served_model: str,
-                 app: Celery, hostname: str,
-                 on_fatal: Callable[[BaseException], None] = lambda _error: None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        engine_args: Any,
+        served_model: str,
+        app: Celery,
+        hostname: str,
+        on_fatal: Callable[[BaseException], None] = lambda _error: None,
+    ) -> None:
         self.settings = settings
         self._on_fatal = on_fatal
         """Called once the loop ended because the engine died (the bootstep exits)."""
@@ -94,8 +101,9 @@ class GpuConsumer:
         if not self._ready.wait(timeout):
             raise RuntimeError(f"engine did not start within {timeout} s")
         if self._startup_error is not None:
-            raise RuntimeError(f"engine failed to start: {self._startup_error}") \
-                from self._startup_error
+            raise RuntimeError(
+                f"engine failed to start: {self._startup_error}"
+            ) from self._startup_error
 
     def stop(self) -> None:
         """Graceful: stop taking jobs, let running ones finish within the grace period, hand
@@ -125,37 +133,77 @@ class GpuConsumer:
         wake = asyncio.Event()
         settings = self.settings
         self.engine = Engine.start(self._engine_args)
-        self.ledger = Ledger(settings.redis_url, settings, job_ttl=settings.job_ttl,
-                             lease_seconds=settings.lease_seconds, worker=self.hostname)
+        self.ledger = Ledger(
+            settings.redis_url,
+            settings,
+            job_ttl=settings.job_ttl,
+            lease_seconds=settings.lease_seconds,
+            worker=self.hostname,
+        )
         self.progress = Progress(self.ledger.redis)
         self.events = TaskEvents(self._app, self.hostname)
         self.events.start()
         observers = Observers(self.stats, CeleryEvents(self.events))
-        queue = create_admission_queue(settings.policy, fair_levels=settings.fair_levels,
-                                       alpha=settings.alpha, beta=settings.beta)
+        queue = create_admission_queue(
+            settings.policy,
+            fair_levels=settings.fair_levels,
+            alpha=settings.alpha,
+            beta=settings.beta,
+        )
         refill = RefillWatch(settings.refill_wait)
         self.broker = BrokerLink(
-            settings.broker_url, settings, model=self.model, levels=settings.levels,
-            window=settings.window, loop=self._loop,
+            settings.broker_url,
+            settings,
+            model=self.model,
+            levels=settings.levels,
+            window=settings.window,
+            loop=self._loop,
             on_delivery=lambda d: self.admission.on_delivery(d),
             on_reset=lambda epoch: self.admission.on_reset(epoch),
         )
-        self.courier = Courier(self.broker, self.ledger, model=self.model,
-                               max_attempts=settings.max_attempts)
-        self.credit = Credit(settings=settings,
-                             capacity=self.engine.max_num_seqs + settings.admit_headroom,
-                             jobs=self.jobs, queue=queue, refill=refill, broker=self.broker,
-                             observers=observers, wake=wake, accepting=self._accepting)
-        self.runner = Runner(settings=settings, model=self.model, jobs=self.jobs, queue=queue,
-                             engine=self.engine, progress=self.progress, ledger=self.ledger,
-                             courier=self.courier, observers=observers, wake=wake,
-                             die=self._die)
-        self.admission = Admission(settings=settings, jobs=self.jobs, queue=queue,
-                                   refill=refill, credit=self.credit, runner=self.runner,
-                                   ledger=self.ledger, engine=self.engine,
-                                   progress=self.progress, broker=self.broker,
-                                   courier=self.courier, observers=observers, wake=wake,
-                                   accepting=self._accepting)
+        self.courier = Courier(
+            self.broker, self.ledger, model=self.model, max_attempts=settings.max_attempts
+        )
+        self.credit = Credit(
+            settings=settings,
+            capacity=self.engine.max_num_seqs + settings.admit_headroom,
+            jobs=self.jobs,
+            queue=queue,
+            refill=refill,
+            broker=self.broker,
+            observers=observers,
+            wake=wake,
+            accepting=self._accepting,
+        )
+        self.runner = Runner(
+            settings=settings,
+            model=self.model,
+            jobs=self.jobs,
+            queue=queue,
+            engine=self.engine,
+            progress=self.progress,
+            ledger=self.ledger,
+            courier=self.courier,
+            observers=observers,
+            wake=wake,
+            die=self._die,
+        )
+        self.admission = Admission(
+            settings=settings,
+            jobs=self.jobs,
+            queue=queue,
+            refill=refill,
+            credit=self.credit,
+            runner=self.runner,
+            ledger=self.ledger,
+            engine=self.engine,
+            progress=self.progress,
+            broker=self.broker,
+            courier=self.courier,
+            observers=observers,
+            wake=wake,
+            accepting=self._accepting,
+        )
         self.broker.start()
         background = [
             asyncio.create_task(self.admission.run(), name="admission"),
@@ -183,8 +231,9 @@ class GpuConsumer:
         deadline = time.monotonic() + grace
         # An admission already sent to Redis counts as running: cancelled mid-way, it would
         # leave its jobs marked running with nobody running them.
-        while ((self.jobs.count(Phase.RUNNING) or self.jobs.count(Phase.ADMITTING))
-               and time.monotonic() < deadline):
+        while (
+            self.jobs.count(Phase.RUNNING) or self.jobs.count(Phase.ADMITTING)
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         tasks = [job.task for job in self.jobs.in_phase(Phase.RUNNING) if job.task is not None]
         for task in tasks:
@@ -224,12 +273,17 @@ class GpuConsumer:
         key = names.worker_stats_key(self.hostname)
         while True:
             try:
-                snapshot: dict[Any, Any] = {"model": self.model, "capacity": self.credit.capacity,
-                            "running": self.jobs.count(Phase.RUNNING),
-                            "held": self.jobs.count(Phase.HELD),
-                            "pid": os.getpid(), "at": time.time(),
-                            **self.stats.snapshot(),
-                            **self.engine.counters.snapshot(), **self.engine.describe()}
+                snapshot: dict[Any, Any] = {
+                    "model": self.model,
+                    "capacity": self.credit.capacity,
+                    "running": self.jobs.count(Phase.RUNNING),
+                    "held": self.jobs.count(Phase.HELD),
+                    "pid": os.getpid(),
+                    "at": time.time(),
+                    **self.stats.snapshot(),
+                    **self.engine.counters.snapshot(),
+                    **self.engine.describe(),
+                }
                 pids = self.engine.core_pids()
                 # Where the worker and its engine core run: for operators and `genq chaos`.
                 snapshot.update(host=socket.gethostname(), engine_pid=pids[0] if pids else "")

@@ -43,35 +43,44 @@ _PUBLISH_TIMEOUT = 30.0
 
 
 class Courier:
-    def __init__(self, broker: BrokerLink, ledger: Ledger, *, model: str,
-                 max_attempts: int) -> None:
+    def __init__(
+        self, broker: BrokerLink, ledger: Ledger, *, model: str, max_attempts: int
+    ) -> None:
         self._broker = broker
         self._ledger = ledger
         self._model = model
         self._max_attempts = max_attempts
 
-    async def _publish(self, exchange: str, routing_key: str, headers: dict[str, Any],
-                       body: bytes, job_id: str) -> None:
+    async def _publish(
+        self, exchange: str, routing_key: str, headers: dict[str, Any], body: bytes, job_id: str
+    ) -> None:
         # Bounded: a broker that never confirms must not hold a shutdown forever (the job's
         # lease then expires and a reaper republishes it).
-        await asyncio.wait_for(asyncio.wrap_future(
-            self._broker.publish(exchange, routing_key, headers, body, job_id=job_id)
-        ), _PUBLISH_TIMEOUT)
+        await asyncio.wait_for(
+            asyncio.wrap_future(
+                self._broker.publish(exchange, routing_key, headers, body, job_id=job_id)
+            ),
+            _PUBLISH_TIMEOUT,
+        )
 
     async def republish(self, message: TaskMessage, *, attempts: int, crashes: int = 0) -> None:
         headers, body = message.encode(attempts=attempts)
         if crashes:
             headers[CRASHES_HEADER] = crashes
-        await self._publish(names.EXCHANGE,
-                            names.level_routing_key(message.spec.model, message.spec.priority),
-                            headers, body, message.job_id)
+        await self._publish(
+            names.EXCHANGE,
+            names.level_routing_key(message.spec.model, message.spec.priority),
+            headers,
+            body,
+            message.job_id,
+        )
 
-    async def hand_back(self, message: TaskMessage, *, attempts: int,
-                        crashed: bool = False) -> None:
+    async def hand_back(
+        self, message: TaskMessage, *, attempts: int, crashed: bool = False
+    ) -> None:
         """Give a job this worker admitted back to its queue (it will run again).
         `crashed`: it was running when the engine died, so it comes back a crash suspect."""
-        outcome, lease, crash_count = await self._ledger.hand_back(message.job_id,
-                                                                   crashed=crashed)
+        outcome, lease, crash_count = await self._ledger.hand_back(message.job_id, crashed=crashed)
         if outcome != "queued":
             return  # it ended meanwhile (cancelled, say): nothing to give back
         await self.republish(message, attempts=attempts, crashes=crash_count)
@@ -89,21 +98,25 @@ class Courier:
             try:
                 message = TaskMessage.from_record(job_id, raw)
             except (KeyError, ValueError) as exc:
-                await self._ledger.finish(job_id, JobState.FAILED,
-                                          error=f"record unreadable after its worker died: {exc}")
+                await self._ledger.finish(
+                    job_id, JobState.FAILED, error=f"record unreadable after its worker died: {exc}"
+                )
                 continue
             if raw["state"] == JobState.RUNNING.value and message.attempts >= self._max_attempts:
                 # Its worker died under it every time it ran: maybe it is what kills them.
-                await self.give_up(message, attempts=message.attempts,
-                                   reason=f"its lease expired on attempt {message.attempts} "
-                                          f"of {self._max_attempts} (its worker died or hung "
-                                          f"while running it)")
+                await self.give_up(
+                    message,
+                    attempts=message.attempts,
+                    reason=f"its lease expired on attempt {message.attempts} "
+                    f"of {self._max_attempts} (its worker died or hung "
+                    f"while running it)",
+                )
                 continue
-            await self.republish(message, attempts=message.attempts,
-                                 crashes=int(raw.get("crashes") or 0))
+            await self.republish(
+                message, attempts=message.attempts, crashes=int(raw.get("crashes") or 0)
+            )
             await self._ledger.release(job_id, lease)
-            log.warning("job %s: lease expired; republished (attempt %d)",
-                        job_id, message.attempts)
+            log.warning("job %s: lease expired; republished (attempt %d)", job_id, message.attempts)
             count += 1
         return count
 
@@ -115,17 +128,30 @@ class Courier:
         if outcome not in ("ok", "promoted"):
             return outcome
         headers, body = message.encode(attempts=attempts)
-        await self.dead_letter(headers, body, reason=reason, attempts=attempts,
-                               job_id=message.job_id)
+        await self.dead_letter(
+            headers, body, reason=reason, attempts=attempts, job_id=message.job_id
+        )
         log.error("job %s: failed and dead-lettered: %s", message.job_id, reason)
         return outcome
 
-    async def dead_letter(self, headers: dict[str, Any], body: bytes, *, reason: str,
-                          attempts: int, job_id: str | None) -> None:
+    async def dead_letter(
+        self,
+        headers: dict[str, Any],
+        body: bytes,
+        *,
+        reason: str,
+        attempts: int,
+        job_id: str | None,
+    ) -> None:
         """Keep a copy of a message that can't run in `<model>.dead`, with why."""
         dead_headers = dead_letter_headers(headers, reason=reason, attempts=attempts)
-        await self._publish(names.DEAD_EXCHANGE, names.dead_routing_key(self._model),
-                            dead_headers, body, job_id or "")
+        await self._publish(
+            names.DEAD_EXCHANGE,
+            names.dead_routing_key(self._model),
+            dead_headers,
+            body,
+            job_id or "",
+        )
 
     async def reject(self, headers: dict[str, Any], body: bytes, error: ValidationError) -> None:
         """A message that is not a valid genq job: dead-letter it; fail its record if any."""

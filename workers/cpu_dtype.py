@@ -23,6 +23,7 @@ def engine_dtype(requested: str, *, device: str | None = None) -> str:
         return requested
     if device is None:
         from vllm.platforms import current_platform
+
         device = current_platform.device_type
     if device != "cpu":
         return requested

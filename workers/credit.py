@@ -34,10 +34,19 @@ log = logging.getLogger(__name__)
 
 
 class Credit:
-    def __init__(self, *, settings: WorkerSettings, capacity: int, jobs: JobTable,
-                 queue: AdmissionQueue, refill: RefillWatch, broker: BrokerLink,
-                 observers: Observer, wake: asyncio.Event,
-                 accepting: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        capacity: int,
+        jobs: JobTable,
+        queue: AdmissionQueue,
+        refill: RefillWatch,
+        broker: BrokerLink,
+        observers: Observer,
+        wake: asyncio.Event,
+        accepting: Callable[[], bool],
+    ) -> None:
         self._settings = settings
         self.capacity = capacity
         self._jobs = jobs
@@ -57,8 +66,7 @@ class Credit:
 
     def room(self) -> int:
         """Jobs the engine can take now: what is running or being admitted counts."""
-        return (self.capacity - self._jobs.count(Phase.RUNNING)
-                - self._jobs.count(Phase.ADMITTING))
+        return self.capacity - self._jobs.count(Phase.RUNNING) - self._jobs.count(Phase.ADMITTING)
 
     def admitted(self) -> None:
         """An admission went through: a worker admitting often is not stuck."""
@@ -70,8 +78,12 @@ class Credit:
     def set_surge(self) -> None:
         surge = 0
         if self._accepting():
-            surge = surge_prefetch(self.room(), levels=self._settings.levels,
-                                   window=self._settings.window, current=self._surge)
+            surge = surge_prefetch(
+                self.room(),
+                levels=self._settings.levels,
+                window=self._settings.window,
+                current=self._surge,
+            )
         if surge and not self._surge:
             self._observers.surged()
         self._surge = surge
@@ -86,13 +98,21 @@ class Credit:
             return
         while True:
             await asyncio.sleep(min(0.25, hold / 2))
-            if (not self._holding_off and self._jobs.count(Phase.HELD) and self.room() <= 0
-                    and time.monotonic() - self._last_admission >= hold):
+            if (
+                not self._holding_off
+                and self._jobs.count(Phase.HELD)
+                and self.room() <= 0
+                and time.monotonic() - self._last_admission >= hold
+            ):
                 await self._hold_off()
 
     async def hold_off_if_lean(self) -> None:
-        if (self._lean and self._jobs.count(Phase.HELD) and self.room() <= 0
-                and not self._holding_off):
+        if (
+            self._lean
+            and self._jobs.count(Phase.HELD)
+            and self.room() <= 0
+            and not self._holding_off
+        ):
             await self._hold_off()
 
     def resume_if_room(self) -> None:
@@ -122,7 +142,11 @@ class Credit:
             given += 1
         self._observers.held_off(given)
         # Once per slow stretch at INFO; while it lasts it happens at every admission.
-        log.log(logging.INFO if entering else logging.DEBUG,
-                "engine full, nothing admitted for %.1f s: gave back %d held jobs, not "
-                "consuming until a slot frees", self._settings.hold_seconds, given)
+        log.log(
+            logging.INFO if entering else logging.DEBUG,
+            "engine full, nothing admitted for %.1f s: gave back %d held jobs, not "
+            "consuming until a slot frees",
+            self._settings.hold_seconds,
+            given,
+        )
         self._wake.set()  # a slot may have freed meanwhile

@@ -50,8 +50,7 @@ class Generation:
 
 def parse_engine_args(argv: list[str]) -> AsyncEngineArgs:
     """vLLM's own engine options, under their vLLM names (`--max-num-seqs 64`, ...)."""
-    parser = AsyncEngineArgs.add_cli_args(
-        FlexibleArgumentParser(prog="genq worker"))  # type: ignore[no-untyped-call]
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="genq worker"))  # type: ignore[no-untyped-call]
     try:
         namespace = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed what is wrong
@@ -78,8 +77,11 @@ class Engine:
         args.disable_log_stats = True
         dtype = engine_dtype(args.dtype)
         if dtype != args.dtype:
-            log.info("dtype %s: %s, as this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)",
-                     args.dtype, dtype)
+            log.info(
+                "dtype %s: %s, as this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)",
+                args.dtype,
+                dtype,
+            )
             args.dtype = dtype  # type: ignore[assignment]  # one of vLLM's names
         llm = AsyncLLM.from_engine_args(args)
         counters = EngineCounters()
@@ -132,13 +134,17 @@ class Engine:
             if spec.prompt is not None:
                 (rendered,) = await renderer.render_cmpl_async([_text(spec.prompt)])
             else:
-                _, (rendered,) = await renderer.render_chat_async([_messages(spec)],
-                                                                  ChatParams())
+                _, (rendered,) = await renderer.render_chat_async([_messages(spec)], ChatParams())
         return rendered
 
-    async def generate(self, request_id: str, spec: JobSpec,
-                       on_delta: Callable[[str], None] | None = None, *,
-                       prompt: Awaitable[Any] | None = None) -> Generation:
+    async def generate(
+        self,
+        request_id: str,
+        spec: JobSpec,
+        on_delta: Callable[[str], None] | None = None,
+        *,
+        prompt: Awaitable[Any] | None = None,
+    ) -> Generation:
         """Run one job, its prompt rendered here or by `prompt` (a `render` begun earlier).
         With `on_delta` (a streaming job) the text is decoded as it is generated and each
         new piece handed to it; the pieces add up to the result's text. Without, the engine
@@ -182,8 +188,13 @@ class Engine:
             # client was sent.
             text, completion_tokens = "".join(pieces), token_count
         else:
-            text = completion.text if spec.stop else self._llm.get_tokenizer().decode(
-                completion.token_ids, skip_special_tokens=True)
+            text = (
+                completion.text
+                if spec.stop
+                else self._llm.get_tokenizer().decode(
+                    completion.token_ids, skip_special_tokens=True
+                )
+            )
             completion_tokens = len(completion.token_ids)
         prompt_tokens = len(final.prompt_token_ids or ())
         self.counters.finished(prompt_tokens, final.num_cached_tokens)
@@ -201,8 +212,7 @@ class Engine:
     def core_pids(self) -> list[int]:
         """PIDs of the engine core processes (children of this worker). Published in the
         worker's heartbeat so an operator, or `genq chaos`, can find the engine itself."""
-        manager = getattr(getattr(self._llm.engine_core, "resources", None),
-                          "engine_manager", None)
+        manager = getattr(getattr(self._llm.engine_core, "resources", None), "engine_manager", None)
         return [p.pid for p in getattr(manager, "processes", ()) if p.pid is not None]
 
     def shutdown(self) -> None:
@@ -211,14 +221,24 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """What the worker advertises in its heartbeat: the gateway finds the tokenizer to
         count prompt tokens with, and the context they must fit in, here."""
-        return {"model_path": self.model, "tokenizer": self.tokenizer,
-                "max_num_seqs": self.max_num_seqs, "max_model_len": self.max_model_len}
+        return {
+            "model_path": self.model,
+            "tokenizer": self.tokenizer,
+            "max_num_seqs": self.max_num_seqs,
+            "max_model_len": self.max_model_len,
+        }
 
 
 def _sampling(spec: JobSpec, **kwargs: Any) -> SamplingParams:
-    return SamplingParams(max_tokens=spec.max_tokens, temperature=spec.temperature,
-                          top_p=spec.top_p, stop=list(spec.stop) or None, seed=spec.seed,
-                          ignore_eos=spec.ignore_eos, **kwargs)
+    return SamplingParams(
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        stop=list(spec.stop) or None,
+        seed=spec.seed,
+        ignore_eos=spec.ignore_eos,
+        **kwargs,
+    )
 
 
 def _mark_retrieved(rendered: asyncio.Future[Any]) -> None:

@@ -39,9 +39,13 @@ class EngineCounters:
         self.prefix_hits += cached_tokens or 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"engine_steps": self.steps, "engine_running_sum": self.running_sum,
-                "engine_waiting": self.waiting, "prefix_queries": self.prefix_queries,
-                "prefix_hits": self.prefix_hits}
+        return {
+            "engine_steps": self.steps,
+            "engine_running_sum": self.running_sum,
+            "engine_waiting": self.waiting,
+            "prefix_queries": self.prefix_queries,
+            "prefix_hits": self.prefix_hits,
+        }
 
 
 def count_steps(llm: Any, counters: EngineCounters) -> None:
@@ -53,10 +57,10 @@ def count_steps(llm: Any, counters: EngineCounters) -> None:
     core: Any = getattr(llm, "engine_core", None)
     pull: Callable[[], Awaitable[Any]] | None = getattr(core, "get_output_async", None)
     unfinished: Callable[[], int] | None = getattr(
-        getattr(llm, "output_processor", None), "get_num_unfinished_requests", None)
+        getattr(llm, "output_processor", None), "get_num_unfinished_requests", None
+    )
     if pull is None or unfinished is None:
-        log.warning("this vLLM has no engine_core.get_output_async: batch occupancy is not "
-                    "counted")
+        log.warning("this vLLM has no engine_core.get_output_async: batch occupancy is not counted")
         return
 
     async def counted() -> Any:

@@ -53,8 +53,18 @@ class TaskEvents:
             self._queue.put_nowait((type_, fields))
 
     def received(self, job_id: str, *, kwargs: str, retries: int) -> None:
-        self._send("task-received", uuid=job_id, name=TASK_NAME, args="()", kwargs=kwargs,
-                   retries=retries, root_id=job_id, parent_id=None, eta=None, expires=None)
+        self._send(
+            "task-received",
+            uuid=job_id,
+            name=TASK_NAME,
+            args="()",
+            kwargs=kwargs,
+            retries=retries,
+            root_id=job_id,
+            parent_id=None,
+            eta=None,
+            expires=None,
+        )
 
     def started(self, job_id: str) -> None:
         self._send("task-started", uuid=job_id)  # the dispatcher adds pid and hostname
@@ -87,8 +97,12 @@ class TaskEvents:
             try:
                 with self._app.connection_for_write() as conn:
                     dispatcher = self._app.events.Dispatcher(
-                        conn, hostname=self._hostname, enabled=True, groups=["task"],
-                        buffer_group=["task"], buffer_limit=_BATCH_LIMIT,
+                        conn,
+                        hostname=self._hostname,
+                        enabled=True,
+                        groups=["task"],
+                        buffer_group=["task"],
+                        buffer_limit=_BATCH_LIMIT,
                     )
                     while self._send_batch(dispatcher):
                         time.sleep(_BATCH_SECONDS)

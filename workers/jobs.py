@@ -113,5 +113,6 @@ class JobTable:
 
 def score_key(candidate: Candidate[Job], settings: WorkerSettings) -> float:
     """Its static key (scheduler/score.py): orders as `α·priority + β·wait` does."""
-    return static_key(candidate.priority, candidate.enqueued_at,
-                      alpha=settings.alpha, beta=settings.beta)
+    return static_key(
+        candidate.priority, candidate.enqueued_at, alpha=settings.alpha, beta=settings.beta
+    )

@@ -37,8 +37,9 @@ _REAP_PAGE = 500
 
 
 class Ledger:
-    def __init__(self, url: str, tls: TlsSettings, *, job_ttl: int, lease_seconds: float,
-                 worker: str) -> None:
+    def __init__(
+        self, url: str, tls: TlsSettings, *, job_ttl: int, lease_seconds: float, worker: str
+    ) -> None:
         self.redis = redis_from_url(url, tls, client=aioredis.Redis, decode_responses=True)
         self._ttl = job_ttl
         self._lease = lease_seconds
@@ -70,9 +71,12 @@ class Ledger:
         started = repr(now)
         for job_id in job_ids:
             keys = admit_keys(job_id)
-            pipe.evalsha(self._admit.sha, len(keys), *keys,
-                         *admit_args(job_id=job_id, now=started, worker=self._worker,
-                                     lease_expiry=expiry))
+            pipe.evalsha(
+                self._admit.sha,
+                len(keys),
+                *keys,
+                *admit_args(job_id=job_id, now=started, worker=self._worker, lease_expiry=expiry),
+            )
         return [str(r) for r in await pipe.execute()]
 
     async def finish(
@@ -103,9 +107,13 @@ class Ledger:
             result_json = json.dumps(result)
         # A follower promoted here gets a lease expired at once: see `Courier.reap`.
         args = finish_args(
-            job_id=job_id, ttl=self._ttl,
+            job_id=job_id,
+            ttl=self._ttl,
             celery_meta=celery_meta(job_id, state, result, error=error, date=date),
-            now=repr(now), date_done=date, result_json=result_json, promote_lease=repr(now),
+            now=repr(now),
+            date_done=date,
+            result_json=result_json,
+            promote_lease=repr(now),
             fields=values,
         )
         return str(await self._finish(keys=finish_keys(job_id), args=args))
@@ -121,19 +129,26 @@ class Ledger:
         where lease is what to pass to `release` once the republish is confirmed, and
         crashes counts the engine deaths the job was running at (`crashed`: one more)."""
         lease = repr(time.time() + self._lease)
-        outcome = str(await self._handback(keys=handback_keys(job_id),
-                                           args=handback_args(job_id=job_id, lease=lease)))
+        outcome = str(
+            await self._handback(
+                keys=handback_keys(job_id), args=handback_args(job_id=job_id, lease=lease)
+            )
+        )
         crashes = 0
         if outcome == "queued":
             # Apart from HANDBACK, and harmless if lost: it only decides how cautiously the
             # job runs next (see genq.protocol.CRASHES_HEADER).
-            crashes = int(await self.redis.hincrby(names.job_key(job_id), "crashes",
-                                                   1 if crashed else 0))
+            crashes = int(
+                await self.redis.hincrby(names.job_key(job_id), "crashes", 1 if crashed else 0)
+            )
         return outcome, lease, crashes
 
     async def release(self, job_id: str, lease: str) -> str:
-        return str(await self._release(keys=release_keys(job_id),
-                                       args=release_args(job_id=job_id, lease=lease)))
+        return str(
+            await self._release(
+                keys=release_keys(job_id), args=release_args(job_id=job_id, lease=lease)
+            )
+        )
 
     async def expired_leases(self, model: str, limit: int = 100) -> list[tuple[str, str]]:
         """Expired leases of `model`'s jobs, each claimed for this reaper alone.
@@ -145,8 +160,12 @@ class Ledger:
         start, now = 0, time.time()
         while len(claimed) < limit:
             # decode_responses: (ID, score) pairs, which redis-py's types cannot know.
-            rows = cast("list[tuple[str, float]]", await self.redis.zrangebyscore(
-                names.LEASES, "-inf", now, start=start, num=_REAP_PAGE, withscores=True))
+            rows = cast(
+                "list[tuple[str, float]]",
+                await self.redis.zrangebyscore(
+                    names.LEASES, "-inf", now, start=start, num=_REAP_PAGE, withscores=True
+                ),
+            )
             if not rows:
                 break
             start += len(rows)
@@ -157,8 +176,8 @@ class Ledger:
                 if owner is None:
                     await self.redis.zrem(names.LEASES, job_id)
                 elif owner == model and await self.redis.set(
-                        names.reap_claim_key(job_id), self._worker, nx=True,
-                        ex=_REAP_CLAIM_SECONDS):
+                    names.reap_claim_key(job_id), self._worker, nx=True, ex=_REAP_CLAIM_SECONDS
+                ):
                     claimed.append((job_id, repr(score)))
         return claimed
 

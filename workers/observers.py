@@ -89,8 +89,17 @@ class Observers(Observer):
 class Stats(Observer):
     """The counters a worker publishes in its heartbeat (`genq status`, Flower, tests)."""
 
-    KEYS = ("admitted", "succeeded", "failed", "handed_back", "reaped", "dead_lettered",
-            "held_off", "early_aborted", "surges")
+    KEYS = (
+        "admitted",
+        "succeeded",
+        "failed",
+        "handed_back",
+        "reaped",
+        "dead_lettered",
+        "held_off",
+        "early_aborted",
+        "surges",
+    )
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter(dict.fromkeys(self.KEYS, 0))
@@ -136,8 +145,11 @@ class CeleryEvents(Observer):
         self._events = events
 
     def received(self, job: Job) -> None:
-        self._events.received(job.job_id, kwargs=str(job.delivery.headers.get("kwargsrepr", "")),
-                              retries=job.message.attempts)
+        self._events.received(
+            job.job_id,
+            kwargs=str(job.delivery.headers.get("kwargsrepr", "")),
+            retries=job.message.attempts,
+        )
 
     def started(self, job: Job) -> None:
         self._events.started(job.job_id)

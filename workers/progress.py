@@ -51,10 +51,14 @@ _TTL_SECONDS = 600
 _MAX_ENTRIES = 8192
 
 
-
-async def generate(engine: Engine, progress: Progress, message: TaskMessage, *,
-                   prompt: Awaitable[Any] | None = None,
-                   admitted: Awaitable[bool] | None = None) -> Generation:
+async def generate(
+    engine: Engine,
+    progress: Progress,
+    message: TaskMessage,
+    *,
+    prompt: Awaitable[Any] | None = None,
+    admitted: Awaitable[bool] | None = None,
+) -> Generation:
     """`engine.generate` for the job in `message` (with its prompt already being rendered,
     if given), publishing its text as it goes if the job streams; if `admitted` is given,
     nothing is published before it says True, and nothing at all if it says False."""
@@ -63,8 +67,9 @@ async def generate(engine: Engine, progress: Progress, message: TaskMessage, *,
     stream = progress.open(message.job_id, attempt=message.attempts + 1, admitted=admitted)
     ok = False
     try:
-        generation = await engine.generate(message.job_id, message.spec, on_delta=stream.add,
-                                           prompt=prompt)
+        generation = await engine.generate(
+            message.job_id, message.spec, on_delta=stream.add, prompt=prompt
+        )
         ok = True
         return generation
     finally:
@@ -86,8 +91,9 @@ class Progress:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def open(self, job_id: str, *, attempt: int,
-             admitted: Awaitable[bool] | None = None) -> _Stream:
+    def open(
+        self, job_id: str, *, attempt: int, admitted: Awaitable[bool] | None = None
+    ) -> _Stream:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="progress")
         return _Stream(self, job_id, attempt=attempt, admitted=admitted)
@@ -120,8 +126,9 @@ class Progress:
 class _Stream:
     """One job's progress: its pieces wait here for the writer's next round."""
 
-    def __init__(self, progress: Progress, job_id: str, *, attempt: int,
-                 admitted: Awaitable[bool] | None) -> None:
+    def __init__(
+        self, progress: Progress, job_id: str, *, attempt: int, admitted: Awaitable[bool] | None
+    ) -> None:
         self._progress = progress
         self._key = names.progress_key(job_id)
         self._attempt = str(attempt)
@@ -163,13 +170,20 @@ class _Stream:
         pieces, self._pending, end = self._pending, [], self._end
         if pieces:
             text = "".join(pieces)
-            fields: dict[Any, Any] = {PROGRESS_ATTEMPT: self._attempt,
-                                      PROGRESS_OFFSET: self._offset, PROGRESS_TEXT: text}
+            fields: dict[Any, Any] = {
+                PROGRESS_ATTEMPT: self._attempt,
+                PROGRESS_OFFSET: self._offset,
+                PROGRESS_TEXT: text,
+            }
             pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
             self._offset += len(text)
         if end is not None:
-            pipe.xadd(self._key, {PROGRESS_ATTEMPT: self._attempt, PROGRESS_END: end},
-                      maxlen=_MAX_ENTRIES, approximate=True)
+            pipe.xadd(
+                self._key,
+                {PROGRESS_ATTEMPT: self._attempt, PROGRESS_END: end},
+                maxlen=_MAX_ENTRIES,
+                approximate=True,
+            )
         # The TTL is renewed at the first write, the end, and once in a while between.
         if end is not None or now >= self._expires_at:
             pipe.expire(self._key, _TTL_SECONDS)

@@ -41,10 +41,21 @@ _FINISH_RETRY_SECONDS = 120.0
 
 
 class Runner:
-    def __init__(self, *, settings: WorkerSettings, model: str, jobs: JobTable,
-                 queue: AdmissionQueue, engine: Engine, progress: Progress, ledger: Ledger,
-                 courier: Courier, observers: Observer, wake: asyncio.Event,
-                 die: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        model: str,
+        jobs: JobTable,
+        queue: AdmissionQueue,
+        engine: Engine,
+        progress: Progress,
+        ledger: Ledger,
+        courier: Courier,
+        observers: Observer,
+        wake: asyncio.Event,
+        die: Callable[[BaseException], None],
+    ) -> None:
         self._settings = settings
         self._model = model
         self._jobs = jobs
@@ -82,12 +93,14 @@ class Runner:
         message = job.message
         attempt = message.attempts + 1
         try:
-            generation = await (early or generate(self._engine, self._progress, message,
-                                                  prompt=job.prompt))
+            generation = await (
+                early or generate(self._engine, self._progress, message, prompt=job.prompt)
+            )
         except asyncio.CancelledError:
             if job.cancel_requested:
-                await self.end(job.job_id, JobState.CANCELLED,
-                               error="cancelled by the client while running")
+                await self.end(
+                    job.job_id, JobState.CANCELLED, error="cancelled by the client while running"
+                )
                 self._observers.revoked(job.job_id)
             elif self._engine.dead:  # cancelled at shutdown after the engine died under it
                 await self._crashed(job, EngineDeadError("the engine died"))
@@ -102,8 +115,7 @@ class Runner:
             if self._engine.dead:
                 await self._crashed(job, exc)
             elif attempt >= self._settings.max_attempts:
-                await self._fail(job, f"failed after {attempt} attempts: {exc!r}",
-                                 dead_letter=True)
+                await self._fail(job, f"failed after {attempt} attempts: {exc!r}", dead_letter=True)
             else:
                 log.warning("job %s: attempt %d failed (%r); retrying", job.job_id, attempt, exc)
                 await self._courier.hand_back(message, attempts=attempt)
@@ -128,31 +140,40 @@ class Runner:
                 await asyncio.sleep(_REDIS_RETRY_SECONDS)
 
     async def _succeed(self, job: Job, generation: Generation) -> None:
-        self._queue.charge(job.tenant,
-                           generation.prompt_tokens + generation.completion_tokens - job.cost)
+        self._queue.charge(
+            job.tenant, generation.prompt_tokens + generation.completion_tokens - job.cost
+        )
         result = {
             "text": generation.text,
             "finish_reason": generation.finish_reason,
-            "usage": {"prompt_tokens": generation.prompt_tokens,
-                      "completion_tokens": generation.completion_tokens},
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+            },
             "model": self._model,
         }
         await self._store(job.job_id, JobState.SUCCEEDED, result=result)
-        self._observers.succeeded(job, completion_tokens=generation.completion_tokens,
-                                  runtime=time.monotonic() - job.started)
+        self._observers.succeeded(
+            job,
+            completion_tokens=generation.completion_tokens,
+            runtime=time.monotonic() - job.started,
+        )
 
     async def _fail(self, job: Job, error: str, *, dead_letter: bool = False) -> None:
         message = job.message
         await self._store(message.job_id, JobState.FAILED, error=error)
         self._observers.failed(message.job_id, error=error)
         if dead_letter:
-            headers, body = encode_task(message.spec, job_id=message.job_id,
-                                        enqueued_at=message.enqueued_at,
-                                        deadline_at=message.deadline_at,
-                                        attempts=message.attempts + 1)
-            await self._courier.dead_letter(headers, body, reason=error,
-                                            attempts=message.attempts + 1,
-                                            job_id=message.job_id)
+            headers, body = encode_task(
+                message.spec,
+                job_id=message.job_id,
+                enqueued_at=message.enqueued_at,
+                deadline_at=message.deadline_at,
+                attempts=message.attempts + 1,
+            )
+            await self._courier.dead_letter(
+                headers, body, reason=error, attempts=message.attempts + 1, job_id=message.job_id
+            )
             self._observers.dead_lettered(message.job_id, reason=error)
 
     async def fail_unstarted(self, job: Job, error: str) -> None:

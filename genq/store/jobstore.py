@@ -49,8 +49,9 @@ class Created(NamedTuple):
 class JobStore:
     """Client-side access to job records (synchronous; workers use `workers.ledger`)."""
 
-    def __init__(self, url: str, tls: TlsSettings, *, job_ttl: int,
-                 client_name: str | None = None) -> None:
+    def __init__(
+        self, url: str, tls: TlsSettings, *, job_ttl: int, client_name: str | None = None
+    ) -> None:
         self._redis = redis_from_url(url, tls, decode_responses=True, client_name=client_name)
         self._job_ttl = job_ttl
         self._cancel = self._redis.register_script(CANCEL)
@@ -83,10 +84,13 @@ class JobStore:
                 pipe.hset(key, mapping=row)
                 pipe.expire(key, self._job_ttl)
                 continue
-            self._submit(keys=submit_keys(job_id, digest),
-                         args=submit_args(job_id=job_id, ttl=self._job_ttl, now=now,
-                                          date_done=date, fields=fields),
-                         client=pipe)
+            self._submit(
+                keys=submit_keys(job_id, digest),
+                args=submit_args(
+                    job_id=job_id, ttl=self._job_ttl, now=now, date_done=date, fields=fields
+                ),
+                client=pipe,
+            )
         replies = iter(self._run(pipe))
         out = []
         for is_cacheable in cacheable:
@@ -104,10 +108,13 @@ class JobStore:
         now, date = repr(time.time()), date_done()
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
-            self._abandon(keys=abandon_keys(job_id),
-                          args=abandon_args(job_id=job_id, now=now, ttl=self._job_ttl,
-                                            date_done=date, error=error),
-                          client=pipe)
+            self._abandon(
+                keys=abandon_keys(job_id),
+                args=abandon_args(
+                    job_id=job_id, now=now, ttl=self._job_ttl, date_done=date, error=error
+                ),
+                client=pipe,
+            )
         self._run(pipe)
 
     def delete(self, job_ids: Iterable[str]) -> None:
@@ -153,8 +160,9 @@ class JobStore:
         """Cancel a job; returns `cancelled`, `cancelling` or the state it already had."""
         return self.cancel_job(job_id)[0]
 
-    def cancel_job(self, job_id: str, *, promote_lease: float | None = None
-                   ) -> tuple[str, str | None]:
+    def cancel_job(
+        self, job_id: str, *, promote_lease: float | None = None
+    ) -> tuple[str, str | None]:
         """`cancel`, also returning the follower promoted to run in place of a cancelled
         single-flight leader. It holds a lease until `promote_lease` (default: expired at
         once, so the next worker reaper publishes it); a caller that publishes it sooner
@@ -165,9 +173,15 @@ class JobStore:
         try:
             outcome, promoted = self._cancel(
                 keys=cancel_keys(job_id),
-                args=cancel_args(job_id=job_id, now=repr(now), ttl=self._job_ttl,
-                                 celery_meta=meta, cancel_channel=names.CANCEL_CHANNEL,
-                                 date_done=date_done(), promote_lease=lease),
+                args=cancel_args(
+                    job_id=job_id,
+                    now=repr(now),
+                    ttl=self._job_ttl,
+                    celery_meta=meta,
+                    cancel_channel=names.CANCEL_CHANNEL,
+                    date_done=date_done(),
+                    promote_lease=lease,
+                ),
             )
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
@@ -178,8 +192,11 @@ class JobStore:
     def release(self, job_id: str, lease: float) -> str:
         """Drop a promoted job's lease once its message is published (see release.lua)."""
         try:
-            return str(self._release(keys=release_keys(job_id),
-                                     args=release_args(job_id=job_id, lease=repr(lease))))
+            return str(
+                self._release(
+                    keys=release_keys(job_id), args=release_args(job_id=job_id, lease=repr(lease))
+                )
+            )
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -189,8 +206,11 @@ class JobStore:
             raw = self._redis.hgetall(names.CACHE_STATS)
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
-        return CacheStats(hits=int(raw.get("hits", 0)), misses=int(raw.get("misses", 0)),
-                          followers=int(raw.get("followers", 0)))
+        return CacheStats(
+            hits=int(raw.get("hits", 0)),
+            misses=int(raw.get("misses", 0)),
+            followers=int(raw.get("followers", 0)),
+        )
 
     def _run(self, pipe: Any) -> list[Any]:
         try:

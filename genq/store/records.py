@@ -10,8 +10,15 @@ __all__ = ["decode_record", "new_record_fields"]
 
 
 def new_record_fields(
-    spec: JobSpec, *, job_id: str, tenant: str, enqueued_at: float, deadline_at: float | None,
-    cache_key: str | None = None, cache_ttl: int = 0, cache_max_bytes: int = 0,
+    spec: JobSpec,
+    *,
+    job_id: str,
+    tenant: str,
+    enqueued_at: float,
+    deadline_at: float | None,
+    cache_key: str | None = None,
+    cache_ttl: int = 0,
+    cache_max_bytes: int = 0,
 ) -> dict[str, str]:
     """The hash of a job just accepted. The spec is kept so a job can be republished
     (`TaskMessage.from_record`). A cacheable job carries its cache key and the submitter's
@@ -29,8 +36,9 @@ def new_record_fields(
         "spec": spec.model_dump_json(exclude_defaults=True),
     }
     if cache_key is not None:
-        fields.update(cache_key=cache_key, cache_ttl=str(cache_ttl),
-                      cache_max_bytes=str(cache_max_bytes))
+        fields.update(
+            cache_key=cache_key, cache_ttl=str(cache_ttl), cache_max_bytes=str(cache_max_bytes)
+        )
     return fields
 
 

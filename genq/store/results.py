@@ -27,23 +27,32 @@ def date_done() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def celery_meta(job_id: str, state: JobState, result: Any, *, error: str | None = None,
-                date: str | None = None) -> str:
+def celery_meta(
+    job_id: str, state: JobState, result: Any, *, error: str | None = None, date: str | None = None
+) -> str:
     """The value Celery's Redis result backend stores, so `AsyncResult(id).get()` works."""
     payload: Any
     if state is JobState.SUCCEEDED:
         payload = result
     elif state is JobState.FAILED:
-        payload = {"exc_type": "JobFailedError", "exc_message": [error or "failed"],
-                   "exc_module": "genq.errors"}
+        payload = {
+            "exc_type": "JobFailedError",
+            "exc_message": [error or "failed"],
+            "exc_module": "genq.errors",
+        }
     else:
-        payload = {"exc_type": "TaskRevokedError", "exc_message": [error or state.value],
-                   "exc_module": "celery.exceptions"}
-    return json.dumps({
-        "status": _CELERY_STATES[state],
-        "result": payload,
-        "traceback": None,
-        "children": [],
-        "date_done": date or date_done(),
-        "task_id": job_id,
-    })
+        payload = {
+            "exc_type": "TaskRevokedError",
+            "exc_message": [error or state.value],
+            "exc_module": "celery.exceptions",
+        }
+    return json.dumps(
+        {
+            "status": _CELERY_STATES[state],
+            "result": payload,
+            "traceback": None,
+            "children": [],
+            "date_done": date or date_done(),
+            "task_id": job_id,
+        }
+    )

@@ -58,12 +58,21 @@ Arg: TypeAlias = str | int | float
 
 def lua_source(name: str) -> str:
     """The text of `<name>.lua` in this package."""
-    return resources.files(__package__ or "genq.store").joinpath(f"{name}.lua").read_text(
-        encoding="utf-8")
+    return (
+        resources.files(__package__ or "genq.store")
+        .joinpath(f"{name}.lua")
+        .read_text(encoding="utf-8")
+    )
 
 
-SCRIPT_PREFIXES = (names.JOB_PREFIX, names.CELERY_RESULT_PREFIX, names.CACHE_PREFIX,
-                   names.FLIGHT_PREFIX, names.FOLLOWERS_PREFIX, names.LEASES)
+SCRIPT_PREFIXES = (
+    names.JOB_PREFIX,
+    names.CELERY_RESULT_PREFIX,
+    names.CACHE_PREFIX,
+    names.FLIGHT_PREFIX,
+    names.FOLLOWERS_PREFIX,
+    names.LEASES,
+)
 """The first arguments of SUBMIT, FINISH, CANCEL and ABANDON: the prefixes of the keys the
 single-flight library (flight.lua) builds for other jobs."""
 
@@ -92,12 +101,18 @@ def admit_args(*, job_id: str, now: str, worker: str, lease_expiry: str) -> list
 
 
 def submit_keys(job_id: str, cache_key: str) -> list[str]:
-    return [names.job_key(job_id), names.cache_entry_key(cache_key),
-            names.flight_key(cache_key), names.celery_result_key(job_id), names.CACHE_STATS]
+    return [
+        names.job_key(job_id),
+        names.cache_entry_key(cache_key),
+        names.flight_key(cache_key),
+        names.celery_result_key(job_id),
+        names.CACHE_STATS,
+    ]
 
 
-def submit_args(*, job_id: str, ttl: int, now: str, date_done: str,
-                fields: Mapping[str, str]) -> list[Arg]:
+def submit_args(
+    *, job_id: str, ttl: int, now: str, date_done: str, fields: Mapping[str, str]
+) -> list[Arg]:
     return [*SCRIPT_PREFIXES, job_id, ttl, now, date_done, *_pairs(fields)]
 
 
@@ -113,20 +128,54 @@ def finish_keys(job_id: str) -> list[str]:
     return [names.job_key(job_id), names.LEASES, names.celery_result_key(job_id)]
 
 
-def finish_args(*, job_id: str, ttl: int, celery_meta: str, now: str, date_done: str,
-                result_json: str, promote_lease: str, fields: Mapping[str, str]) -> list[Arg]:
-    return [*SCRIPT_PREFIXES, job_id, ttl, celery_meta, now, date_done, result_json,
-            promote_lease, *_pairs(fields)]
+def finish_args(
+    *,
+    job_id: str,
+    ttl: int,
+    celery_meta: str,
+    now: str,
+    date_done: str,
+    result_json: str,
+    promote_lease: str,
+    fields: Mapping[str, str],
+) -> list[Arg]:
+    return [
+        *SCRIPT_PREFIXES,
+        job_id,
+        ttl,
+        celery_meta,
+        now,
+        date_done,
+        result_json,
+        promote_lease,
+        *_pairs(fields),
+    ]
 
 
 def cancel_keys(job_id: str) -> list[str]:
     return [names.job_key(job_id), names.celery_result_key(job_id)]
 
 
-def cancel_args(*, job_id: str, now: str, ttl: int, celery_meta: str, cancel_channel: str,
-                date_done: str, promote_lease: str) -> list[Arg]:
-    return [*SCRIPT_PREFIXES, job_id, now, ttl, celery_meta, cancel_channel, date_done,
-            promote_lease]
+def cancel_args(
+    *,
+    job_id: str,
+    now: str,
+    ttl: int,
+    celery_meta: str,
+    cancel_channel: str,
+    date_done: str,
+    promote_lease: str,
+) -> list[Arg]:
+    return [
+        *SCRIPT_PREFIXES,
+        job_id,
+        now,
+        ttl,
+        celery_meta,
+        cancel_channel,
+        date_done,
+        promote_lease,
+    ]
 
 
 def handback_keys(job_id: str) -> list[str]:

@@ -33,22 +33,37 @@ def run_cache_bench(workload: Workload, *, say: Any = print) -> dict[str, Any]:
         for label, cache in (("uncached", False), ("cached", True)):
             before = fleet.client.cache_stats()
             start = time.time()
-            ids = fleet.client.submit_many([
-                {"model": fleet.model, "prompt": p, "max_tokens": workload.max_tokens,
-                 "temperature": 0.0, "ignore_eos": True, "cache": cache} for p in prompts])
+            ids = fleet.client.submit_many(
+                [
+                    {
+                        "model": fleet.model,
+                        "prompt": p,
+                        "max_tokens": workload.max_tokens,
+                        "temperature": 0.0,
+                        "ignore_eos": True,
+                        "cache": cache,
+                    }
+                    for p in prompts
+                ]
+            )
             records = fleet.client.wait_many(ids, timeout=3600)
             seconds = max(r.finished_at or 0.0 for r in records) - start
             after = fleet.client.cache_stats()
             hits = (after.hits - before.hits) + (after.followers - before.followers)
             lookups = after.lookups - before.lookups
-            results[label] = {"seconds": seconds, "jobs_per_s": len(ids) / seconds,
-                              "cached_records": sum(r.cached for r in records),
-                              "hit_rate": hits / lookups if lookups else 0.0}
+            results[label] = {
+                "seconds": seconds,
+                "jobs_per_s": len(ids) / seconds,
+                "cached_records": sum(r.cached for r in records),
+                "hit_rate": hits / lookups if lookups else 0.0,
+            }
             say(f"{label}: {results[label]}")
     finally:
         fleet.stop()
     results["speedup"] = results["uncached"]["seconds"] / results["cached"]["seconds"]
-    say(f"result cache: hit rate {results['cached']['hit_rate']:.1%} on "
+    say(
+        f"result cache: hit rate {results['cached']['hit_rate']:.1%} on "
         f"{len(prompts)} requests ({len(distinct)} distinct), "
-        f"{results['speedup']:.2f}x faster than without it")
+        f"{results['speedup']:.2f}x faster than without it"
+    )
     return results

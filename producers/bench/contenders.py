@@ -32,12 +32,24 @@ class EngineLimit:
     def __init__(self, workload: Workload, env: dict[str, str], log_dir: Path) -> None:
         self._log = (log_dir / "engine-limit.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.bench.engine_limit",
-             "--model", str(workload.model_path),
-             "--max-num-seqs", str(workload.max_num_seqs),
-             "--max-model-len", str(workload.max_model_len)],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "workers.bench.engine_limit",
+                "--model",
+                str(workload.model_path),
+                "--max-num-seqs",
+                str(workload.max_num_seqs),
+                "--max-model-len",
+                str(workload.max_model_len),
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            start_new_session=True,
+        )
         # The model's dtype as vLLM runs it: the worker and the naive baseline pick the same.
         self.dtype: str = self._read()["dtype"]
 
@@ -55,11 +67,15 @@ class EngineLimit:
         return self._read()
 
     def run(self, workload: Workload) -> dict[str, float]:
-        reply = self._ask({"op": "batch", "prompts": list(workload.prompts),
-                           "params": workload.sampling()})
-        return {"tokens": reply["tokens"], "seconds": reply["seconds"],
-                "tokens_per_s": reply["tokens"] / reply["seconds"],
-                "frontend_cpu_ms_per_job": reply["cpu_seconds"] / len(workload.prompts) * 1000}
+        reply = self._ask(
+            {"op": "batch", "prompts": list(workload.prompts), "params": workload.sampling()}
+        )
+        return {
+            "tokens": reply["tokens"],
+            "seconds": reply["seconds"],
+            "tokens_per_s": reply["tokens"] / reply["seconds"],
+            "frontend_cpu_ms_per_job": reply["cpu_seconds"] / len(workload.prompts) * 1000,
+        }
 
     def rss_mb(self) -> float:
         """The process hosting vLLM's frontend (LLM), engine core processes aside: what a
@@ -68,8 +84,14 @@ class EngineLimit:
 
     def latencies(self, prompts: list[str], *, idle: float) -> list[float]:
         """One request at a time, each after `idle` seconds of the engine doing nothing."""
-        reply = self._ask({"op": "latency", "prompts": prompts, "idle": idle,
-                           "params": {"max_tokens": 1, "temperature": 0.0}})
+        reply = self._ask(
+            {
+                "op": "latency",
+                "prompts": prompts,
+                "idle": idle,
+                "params": {"max_tokens": 1, "temperature": 0.0},
+            }
+        )
         return list(reply["latencies"])
 
     def stop(self) -> None:
@@ -125,16 +147,20 @@ class Fleet:
         self.model = f"bench-{uuid.uuid4().hex[:6]}"
         self.env = {**env, "GENQ_MODELS": self.model}
         self.worker = WorkerProcess(
-            model_path=workload.model_path, model_name=self.model, env=self.env,
-            log_dir=log_dir, max_num_seqs=workload.max_num_seqs,
-            max_model_len=workload.max_model_len, name="bench")
+            model_path=workload.model_path,
+            model_name=self.model,
+            env=self.env,
+            log_dir=log_dir,
+            max_num_seqs=workload.max_num_seqs,
+            max_model_len=workload.max_model_len,
+            name="bench",
+        )
         try:
             self.worker.start()
             # Patient: the bench loads the machine far past what a producer's default
             # expects of a broker sharing two cores with a busy engine.
             self.client = Client(models=[self.model], publish_timeout=60)
-            self.redis = redis.Redis.from_url(self.client.settings.redis_url,
-                                              decode_responses=True)
+            self.redis = redis.Redis.from_url(self.client.settings.redis_url, decode_responses=True)
             self.pid = int(self.stats()["pid"])
             self.run(workload, limit=8)  # warm-up
         except BaseException:  # nobody else holds the worker yet to stop it
@@ -151,15 +177,19 @@ class Fleet:
         after = time.time()
         stats: dict[str, str] = wait_for(
             lambda: (s := self.stats()) and float(s["at"]) > after and s,
-            timeout=10, what="a fresh worker heartbeat")
+            timeout=10,
+            what="a fresh worker heartbeat",
+        )
         return stats
 
     def run(self, workload: Workload, *, limit: int | None = None) -> dict[str, float]:
         prompts = workload.prompts[:limit] if limit else workload.prompts
         before = self._settled_stats() if limit is None else {}
         cpu0 = _cpu_seconds(self.pid)
-        requests = [{"model": self.model, "prompt": p, **workload.sampling(), "cache": False}
-                    for p in prompts]
+        requests = [
+            {"model": self.model, "prompt": p, **workload.sampling(), "cache": False}
+            for p in prompts
+        ]
         start = time.time()
         ids = self.client.submit_many(requests)
         submitted = time.time()
@@ -167,16 +197,22 @@ class Fleet:
         cpu = _cpu_seconds(self.pid) - cpu0
         end = max(r.finished_at or 0.0 for r in records)
         tokens = sum(r.usage.completion_tokens for r in records if r.usage)
-        result = {"tokens": tokens, "seconds": end - start, "tokens_per_s": tokens / (end - start),
-                  "submit_seconds": submitted - start,
-                  "failed": sum(1 for r in records if r.state.value != "succeeded"),
-                  "queue_to_start_p50": percentile([r.wait_seconds() for r in records], 50),
-                  "queue_to_start_p99": percentile([r.wait_seconds() for r in records], 99),
-                  "submit_to_result_p50": percentile(
-                      [(r.finished_at or 0) - r.enqueued_at for r in records], 50),
-                  "submit_to_result_p99": percentile(
-                      [(r.finished_at or 0) - r.enqueued_at for r in records], 99),
-                  "worker_cpu_ms_per_job": cpu / len(records) * 1000}
+        result = {
+            "tokens": tokens,
+            "seconds": end - start,
+            "tokens_per_s": tokens / (end - start),
+            "submit_seconds": submitted - start,
+            "failed": sum(1 for r in records if r.state.value != "succeeded"),
+            "queue_to_start_p50": percentile([r.wait_seconds() for r in records], 50),
+            "queue_to_start_p99": percentile([r.wait_seconds() for r in records], 99),
+            "submit_to_result_p50": percentile(
+                [(r.finished_at or 0) - r.enqueued_at for r in records], 50
+            ),
+            "submit_to_result_p99": percentile(
+                [(r.finished_at or 0) - r.enqueued_at for r in records], 99
+            ),
+            "worker_cpu_ms_per_job": cpu / len(records) * 1000,
+        }
         if limit is None:
             after = self._settled_stats()
             steps = int(after["engine_steps"]) - int(before["engine_steps"])
@@ -191,8 +227,9 @@ class Fleet:
         out = []
         for prompt in prompts:
             time.sleep(idle)
-            job_id = self.client.submit(prompt, model=self.model, max_tokens=1,
-                                        temperature=0.0, cache=False)
+            job_id = self.client.submit(
+                prompt, model=self.model, max_tokens=1, temperature=0.0, cache=False
+            )
             record = self.client.result(job_id, timeout=60)
             out.append((record.finished_at or 0.0) - record.enqueued_at)
         return out
@@ -202,8 +239,7 @@ class Fleet:
 
     def stop(self) -> None:
         self.worker.stop()
-        purge_model(self.client.settings, self.model,
-                    delete=True)
+        purge_model(self.client.settings, self.model, delete=True)
         self.client.close()
         self.redis.close()
 
@@ -219,18 +255,41 @@ class NaiveCelery:
     def __init__(self, workload: Workload, env: dict[str, str], log_dir: Path) -> None:
         self.queue = f"genq.naive.{uuid.uuid4().hex[:6]}"
         self._log = (log_dir / "naive.log").open("ab")
-        worker_env = {**env, "GENQ_NAIVE_MODEL": str(workload.model_path),
-                      "GENQ_NAIVE_MAX_MODEL_LEN": str(workload.max_model_len)}
+        worker_env = {
+            **env,
+            "GENQ_NAIVE_MODEL": str(workload.model_path),
+            "GENQ_NAIVE_MAX_MODEL_LEN": str(workload.max_model_len),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.bench.naive", "worker",
-             "--pool=solo", "-Q", self.queue, "--without-mingle", "--without-gossip",
-             "-n", f"naive-{os.getpid()}@%h", "--loglevel=WARNING"],
-            env=worker_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.app = Celery(broker=env.get("GENQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-                          backend=env.get("GENQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.bench.naive",
+                "worker",
+                "--pool=solo",
+                "-Q",
+                self.queue,
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"naive-{os.getpid()}@%h",
+                "--loglevel=WARNING",
+            ],
+            env=worker_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.app = Celery(
+            broker=env.get("GENQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            backend=env.get("GENQ_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        )
         try:
-            self.app.send_task("naive.generate", args=["warm up", {"max_tokens": 4}],
-                               queue=self.queue).get(timeout=600)
+            self.app.send_task(
+                "naive.generate", args=["warm up", {"max_tokens": 4}], queue=self.queue
+            ).get(timeout=600)
         except BaseException:  # nobody else holds the process yet to stop it
             self.stop()
             raise
@@ -238,12 +297,18 @@ class NaiveCelery:
     def run(self, workload: Workload) -> dict[str, float]:
         prompts = workload.prompts[: workload.naive_requests]
         start = time.time()
-        results = [self.app.send_task("naive.generate", args=[p, workload.sampling()],
-                                      queue=self.queue) for p in prompts]
+        results = [
+            self.app.send_task("naive.generate", args=[p, workload.sampling()], queue=self.queue)
+            for p in prompts
+        ]
         tokens = sum(r.get(timeout=3600) for r in results)
         seconds = time.time() - start
-        return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                "requests": len(prompts)}
+        return {
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            "requests": len(prompts),
+        }
 
     def stop(self) -> None:
         _signal_group(self.proc.pid, signal.SIGTERM)

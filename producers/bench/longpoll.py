@@ -25,22 +25,32 @@ _SUBMIT_CHUNK = 500
 _WAIT = 60.0
 
 
-def long_polls(base_url: str, model: str, *, n: int, max_tokens: int = 4,
-               patience: float = 600.0) -> dict[str, Any]:
+def long_polls(
+    base_url: str, model: str, *, n: int, max_tokens: int = 4, patience: float = 600.0
+) -> dict[str, Any]:
     """Submit `n` short jobs, long-poll all of them at once; what came back."""
     return asyncio.run(_run(base_url, model, n=n, max_tokens=max_tokens, patience=patience))
 
 
-async def _run(base_url: str, model: str, *, n: int, max_tokens: int,
-               patience: float) -> dict[str, Any]:
+async def _run(
+    base_url: str, model: str, *, n: int, max_tokens: int, patience: float
+) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=_WAIT + 30)
-    async with aiohttp.ClientSession(base_url, timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=n + 16)) as http:
+    async with aiohttp.ClientSession(
+        base_url, timeout=timeout, connector=aiohttp.TCPConnector(limit=n + 16)
+    ) as http:
         ids: list[str] = []
         for start in range(0, n, _SUBMIT_CHUNK):
-            jobs = [{"model": model, "prompt": f"{i}: poll me", "max_tokens": max_tokens,
-                     "ignore_eos": True, "temperature": 0.8}
-                    for i in range(start, min(n, start + _SUBMIT_CHUNK))]
+            jobs = [
+                {
+                    "model": model,
+                    "prompt": f"{i}: poll me",
+                    "max_tokens": max_tokens,
+                    "ignore_eos": True,
+                    "temperature": 0.8,
+                }
+                for i in range(start, min(n, start + _SUBMIT_CHUNK))
+            ]
             async with http.post("/v1/jobs", json=jobs) as reply:
                 reply.raise_for_status()
                 ids += (await reply.json())["ids"]
@@ -50,9 +60,13 @@ async def _run(base_url: str, model: str, *, n: int, max_tokens: int,
     statuses: dict[str, int] = {}
     for status, _ended in outcomes:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return {"long_polls": n, "ended": sum(1 for _s, ended in outcomes if ended),
-            "failed": sum(1 for s, _e in outcomes if s != 200), "statuses": statuses,
-            "seconds": round(time.monotonic() - started, 2)}
+    return {
+        "long_polls": n,
+        "ended": sum(1 for _s, ended in outcomes if ended),
+        "failed": sum(1 for s, _e in outcomes if s != 200),
+        "statuses": statuses,
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def accept_burst(base_url: str, model: str, *, n: int) -> dict[str, Any]:
@@ -62,8 +76,10 @@ def accept_burst(base_url: str, model: str, *, n: int) -> dict[str, Any]:
 
 
 async def _burst(base_url: str, model: str, *, n: int) -> dict[str, Any]:
-    async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=60),
-                                     connector=aiohttp.TCPConnector(limit=n)) as http:
+    async with aiohttp.ClientSession(
+        base_url, timeout=aiohttp.ClientTimeout(total=60), connector=aiohttp.TCPConnector(limit=n)
+    ) as http:
+
         async def models() -> None:
             async with http.get("/v1/models") as reply:
                 await reply.read()
@@ -74,17 +90,24 @@ async def _burst(base_url: str, model: str, *, n: int) -> dict[str, Any]:
                 return reply.status
 
         await asyncio.gather(*(models() for _ in range(n)))  # open them all
-        body = {"model": model, "prompt": "burst", "max_tokens": 4, "ignore_eos": True,
-                "temperature": 0.8}
+        body = {
+            "model": model,
+            "prompt": "burst",
+            "max_tokens": 4,
+            "ignore_eos": True,
+            "temperature": 0.8,
+        }
         started = time.monotonic()
         statuses = await asyncio.gather(*(submit() for _ in range(n)), return_exceptions=True)
         seconds = time.monotonic() - started
-    return {"burst": n, "accepted": sum(1 for s in statuses if s == 202),
-            "seconds": round(seconds, 3)}
+    return {
+        "burst": n,
+        "accepted": sum(1 for s in statuses if s == 202),
+        "seconds": round(seconds, 3),
+    }
 
 
-async def _poll(http: aiohttp.ClientSession, job_id: str,
-                deadline: float) -> tuple[int, bool]:
+async def _poll(http: aiohttp.ClientSession, job_id: str, deadline: float) -> tuple[int, bool]:
     """(the last status, whether the job ended): asked again until it ends or the deadline."""
     while True:
         try:

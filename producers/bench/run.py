@@ -50,12 +50,17 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
         for r in range(workload.repeat):
             a = engine.run(workload)
             b = fleet.run(workload)
-            pair = {"engine": a, "fleet": b,
-                    "fleet_over_engine": b["tokens_per_s"] / a["tokens_per_s"]}
+            pair = {
+                "engine": a,
+                "fleet": b,
+                "fleet_over_engine": b["tokens_per_s"] / a["tokens_per_s"],
+            }
             results["pairs"].append(pair)
-            say(f"pair {r + 1}/{workload.repeat}: engine {a['tokens_per_s']:.0f} tok/s, "
+            say(
+                f"pair {r + 1}/{workload.repeat}: engine {a['tokens_per_s']:.0f} tok/s, "
                 f"fleet {b['tokens_per_s']:.0f} tok/s, ratio {pair['fleet_over_engine']:.3f}, "
-                f"occupancy {b['occupancy']:.2f}")
+                f"occupancy {b['occupancy']:.2f}"
+            )
         results["light_load"] = _light_load(engine, fleet, workload)
         say(f"light load: {results['light_load']}")
         engine_host_rss = engine.rss_mb()
@@ -63,18 +68,22 @@ def run_bench(workload: Workload, *, json_path: Path | None, say: Any = print) -
         results["memory"] = _memory_with_deep_queue(fleet, workload)
         results["memory"]["engine_host_rss_mb"] = engine_host_rss
         results["memory"]["worker_rss_outside_engine_mb"] = (
-            results["memory"]["worker_rss_loaded_mb"] - engine_host_rss)
+            results["memory"]["worker_rss_loaded_mb"] - engine_host_rss
+        )
         say(f"memory: {results['memory']}")
 
     with ExitStack() as stack:
         naive = NaiveCelery(workload, env, logs)
         stack.callback(naive.stop)
         results["naive"] = naive.run(workload)
-        say(f"naive Celery: {results['naive']['tokens_per_s']:.0f} tok/s "
-            f"on {results['naive']['requests']} requests")
+        say(
+            f"naive Celery: {results['naive']['tokens_per_s']:.0f} tok/s "
+            f"on {results['naive']['requests']} requests"
+        )
 
-    results["submission"] = measure_submission(5_000 if workload.repeat > 1 else 2_000,
-                                               repeat=workload.repeat)
+    results["submission"] = measure_submission(
+        5_000 if workload.repeat > 1 else 2_000, repeat=workload.repeat
+    )
     say(f"submission: {results['submission']}")
     summary = _summarize(results)
     results.update(summary)
@@ -113,37 +122,59 @@ def _light_load(engine: EngineLimit, fleet: Fleet, workload: Workload) -> dict[s
         time.sleep(_LIGHT_LOAD_SETTLE)
         f = [s * 1000 for s in fleet.latencies(prompts, idle=_LIGHT_LOAD_IDLE)]
         pairs = [b - a for a, b in zip(e, f, strict=True)]
-        rounds.append({"engine_p50_ms": percentile(e, 50), "fleet_p50_ms": percentile(f, 50),
-                       "added_p50_ms": percentile(pairs, 50)})
+        rounds.append(
+            {
+                "engine_p50_ms": percentile(e, 50),
+                "fleet_p50_ms": percentile(f, 50),
+                "added_p50_ms": percentile(pairs, 50),
+            }
+        )
         added += pairs
         engine_all += e
         fleet_all += f
-    return {"engine_p50_ms": percentile(engine_all, 50), "fleet_p50_ms": percentile(fleet_all, 50),
-            "added_p50_ms": percentile(added, 50), "rounds": rounds,
-            "requests_each": len(added), "idle_s": _LIGHT_LOAD_IDLE,
-            "settle_s": _LIGHT_LOAD_SETTLE}
+    return {
+        "engine_p50_ms": percentile(engine_all, 50),
+        "fleet_p50_ms": percentile(fleet_all, 50),
+        "added_p50_ms": percentile(added, 50),
+        "rounds": rounds,
+        "requests_each": len(added),
+        "idle_s": _LIGHT_LOAD_IDLE,
+        "settle_s": _LIGHT_LOAD_SETTLE,
+    }
 
 
 def _memory_with_deep_queue(fleet: Fleet, workload: Workload) -> dict[str, float]:
     """Worker RSS (its own process, not the engine's) with many jobs queued behind it."""
     idle_rss = fleet.worker_rss_mb()
     prompts = [workload.prompts[i % len(workload.prompts)] for i in range(_MEMORY_QUEUE_DEPTH)]
-    requests = [{"model": fleet.model, "prompt": p, "max_tokens": workload.max_tokens,
-                 "ignore_eos": True, "priority": i % 10, "cache": False}
-                for i, p in enumerate(prompts)]
+    requests = [
+        {
+            "model": fleet.model,
+            "prompt": p,
+            "max_tokens": workload.max_tokens,
+            "ignore_eos": True,
+            "priority": i % 10,
+            "cache": False,
+        }
+        for i, p in enumerate(prompts)
+    ]
     # In batches, as a producer feeding a deep queue does: with the engine taking both cores
     # RabbitMQ once confirmed nothing of one 10,000-job batch for 10 s.
     ids: list[str] = []
     for start in range(0, len(requests), _MEMORY_BATCH):
-        ids += fleet.client.submit_many(requests[start:start + _MEMORY_BATCH])
+        ids += fleet.client.submit_many(requests[start : start + _MEMORY_BATCH])
     time.sleep(_MEMORY_SETTLE_SECONDS)  # the worker fills its batch and its window
     loaded_rss = fleet.worker_rss_mb()
     held = int(fleet.stats().get("held", 0))
     for job_id in ids:  # queued ones never run, running ones are aborted
         fleet.client.cancel(job_id)
     purge_model(fleet.client.settings, fleet.model)
-    return {"queued": _MEMORY_QUEUE_DEPTH, "worker_rss_idle_mb": idle_rss,
-            "worker_rss_loaded_mb": loaded_rss, "held_window": held}
+    return {
+        "queued": _MEMORY_QUEUE_DEPTH,
+        "worker_rss_idle_mb": idle_rss,
+        "worker_rss_loaded_mb": loaded_rss,
+        "held_window": held,
+    }
 
 
 def _summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +186,7 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
     def med(key: str, contender: str = "fleet") -> float:
         values: list[float] = [p[contender][key] for p in pairs]
         return statistics.median(values)
+
     return {
         "engine_tokens_per_s": engine,
         "fleet_tokens_per_s": fleet,
@@ -172,7 +204,8 @@ def _summarize(results: dict[str, Any]) -> dict[str, Any]:
         # Per pair, then the median: the two ran back to back on the same machine state.
         "worker_cpu_outside_engine_ms_per_job": statistics.median(
             p["fleet"]["worker_cpu_ms_per_job"] - p["engine"]["frontend_cpu_ms_per_job"]
-            for p in pairs),
+            for p in pairs
+        ),
     }
 
 
@@ -185,10 +218,14 @@ def _table(r: dict[str, Any]) -> str:
         ("fleet / engine (median of pairs)", f"{r['fleet_over_engine']:.3f}"),
         ("fleet / naive", f"{r['fleet_over_naive']:.1f}x"),
         ("batch occupancy", f"{r['occupancy']:.2f}"),
-        ("queue-to-start p50 / p99",
-         f"{r['queue_to_start_p50_s']:.2f} / {r['queue_to_start_p99_s']:.2f} s"),
-        ("submit-to-result p50 / p99",
-         f"{r['submit_to_result_p50_s']:.2f} / {r['submit_to_result_p99_s']:.2f} s"),
+        (
+            "queue-to-start p50 / p99",
+            f"{r['queue_to_start_p50_s']:.2f} / {r['queue_to_start_p99_s']:.2f} s",
+        ),
+        (
+            "submit-to-result p50 / p99",
+            f"{r['submit_to_result_p50_s']:.2f} / {r['submit_to_result_p99_s']:.2f} s",
+        ),
         ("light load added p50", f"{r['light_load']['added_p50_ms']:.1f} ms"),
         ("submit_many", f"{r['submission']['submit_jobs_per_s']:.0f} jobs/s"),
         ("status reads", f"{r['submission']['status_reads_per_s']:.0f} reads/s"),
@@ -196,8 +233,10 @@ def _table(r: dict[str, Any]) -> str:
         ("  of which vLLM's frontend (LLM process)", f"{r['memory']['engine_host_rss_mb']:.0f} MB"),
         ("  outside the engine", f"{r['memory']['worker_rss_outside_engine_mb']:.0f} MB"),
         ("worker CPU per job", f"{r['worker_cpu_ms_per_job']:.2f} ms"),
-        ("  of which vLLM's frontend (LLM process)",
-         f"{r['engine_frontend_cpu_ms_per_job']:.2f} ms"),
+        (
+            "  of which vLLM's frontend (LLM process)",
+            f"{r['engine_frontend_cpu_ms_per_job']:.2f} ms",
+        ),
         ("  outside the engine", f"{r['worker_cpu_outside_engine_ms_per_job']:.2f} ms"),
         ("prefix cache hit rate", f"{r['prefix_hit_rate']:.2%}"),
     ]

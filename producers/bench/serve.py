@@ -66,9 +66,20 @@ _WARMUP_TOKENS = 8
 # Short: a warm-up request holds a bench being stopped until it ends.
 _WARMUP_TIMEOUT = 120.0
 # Figures taken from vllm bench serve's result file, per side.
-_FIGURES = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "completed", "failed",
-            "total_output_tokens", "duration", "request_throughput", "median_tpot_ms",
-            "median_itl_ms", "median_e2el_ms", "p99_e2el_ms")
+_FIGURES = (
+    "output_throughput",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "completed",
+    "failed",
+    "total_output_tokens",
+    "duration",
+    "request_throughput",
+    "median_tpot_ms",
+    "median_itl_ms",
+    "median_e2el_ms",
+    "p99_e2el_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) ->
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} (log: {log})")
         return _http_ok(url)
+
     wait_for(up, timeout=_SERVER_START_TIMEOUT, what=what, interval=0.5)
 
 
@@ -136,14 +148,17 @@ def _stop_session(proc: subprocess.Popen[bytes], *, patience: float = 60.0) -> N
 
 def _warm_up(base_url: str, model: str) -> None:
     """A few completions at once, and wait for every answer: the server serves."""
-    body = json.dumps({"model": model, "prompt": "warm up", "max_tokens": _WARMUP_TOKENS,
-                       "ignore_eos": True}).encode()
+    body = json.dumps(
+        {"model": model, "prompt": "warm up", "max_tokens": _WARMUP_TOKENS, "ignore_eos": True}
+    ).encode()
 
     def one(_: int) -> None:
-        request = urllib.request.Request(f"{base_url}/v1/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base_url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=_WARMUP_TIMEOUT) as reply:
             reply.read()
+
     with ThreadPoolExecutor(_WARMUP_REQUESTS) as pool:
         list(pool.map(one, range(_WARMUP_REQUESTS)))
 
@@ -151,16 +166,23 @@ def _warm_up(base_url: str, model: str) -> None:
 class GenqServer:
     """One `genq worker` and `genq gateway` in front of it."""
 
-    def __init__(self, workload: ServeWorkload, *, model: str, env: dict[str, str],
-                 log_dir: Path) -> None:
+    def __init__(
+        self, workload: ServeWorkload, *, model: str, env: dict[str, str], log_dir: Path
+    ) -> None:
         self.model = model
         env = {**env, "GENQ_MODELS": model}
         self.gateway = GatewayProcess(env=env, port=free_port(), log_dir=log_dir)
         self.base_url = self.gateway.url
         self.worker = WorkerProcess(
-            model_path=workload.model_path, model_name=model, env=env, log_dir=log_dir,
-            max_num_seqs=workload.max_num_seqs, max_model_len=workload.max_model_len,
-            extra=["--dtype", workload.dtype], name="serve")
+            model_path=workload.model_path,
+            model_name=model,
+            env=env,
+            log_dir=log_dir,
+            max_num_seqs=workload.max_num_seqs,
+            max_model_len=workload.max_model_len,
+            extra=["--dtype", workload.dtype],
+            name="serve",
+        )
         try:
             self.gateway.start()
             self.worker.start()
@@ -179,20 +201,39 @@ class GenqServer:
 class VllmServer:
     """vLLM's OpenAI server on the same model, name and engine options."""
 
-    def __init__(self, workload: ServeWorkload, *, model: str, env: dict[str, str],
-                 log_dir: Path) -> None:
+    def __init__(
+        self, workload: ServeWorkload, *, model: str, env: dict[str, str], log_dir: Path
+    ) -> None:
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         log = log_dir / f"vllm-server-{time.monotonic_ns()}.log"
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-             "--model", str(workload.model_path), "--served-model-name", model,
-             "--max-num-seqs", str(workload.max_num_seqs),
-             "--max-model-len", str(workload.max_model_len),
-             "--dtype", workload.dtype, "--enforce-eager",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(workload.model_path),
+                "--served-model-name",
+                model,
+                "--max-num-seqs",
+                str(workload.max_num_seqs),
+                "--max-model-len",
+                str(workload.max_model_len),
+                "--dtype",
+                workload.dtype,
+                "--enforce-eager",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             _wait_http(f"{self.base_url}/health", self.proc, log, "vLLM server's /health")
             _warm_up(self.base_url, model)
@@ -205,25 +246,57 @@ class VllmServer:
         self._log.close()
 
 
-def _load(server: Server, workload: ServeWorkload, *, model: str, env: dict[str, str],
-          out: Path) -> dict[str, Any]:
+def _load(
+    server: Server, workload: ServeWorkload, *, model: str, env: dict[str, str], out: Path
+) -> dict[str, Any]:
     """One `vllm bench serve` run against `server`; its figures, and its errors counted."""
     log = out.with_suffix(".log")
-    args = [sys.executable, "-m", "producers.bench.vllm_cli", "bench", "serve",
-            "--backend", "openai", "--endpoint", "/v1/completions",
-            "--base-url", server.base_url, "--model", model,
-            "--tokenizer", str(workload.model_path),
-            "--dataset-name", "random", "--random-input-len", str(workload.input_len),
-            "--random-output-len", str(workload.output_len),
-            "--num-prompts", str(workload.prompts), "--ignore-eos",
-            "--request-rate", str(workload.rate), "--seed", "0",
-            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-            # Detailed: the per-request errors say what failed (a 503, a dropped stream).
-            "--save-result", "--save-detailed", "--result-dir", str(out.parent),
-            "--result-filename", out.name, "--disable-tqdm"]
+    args = [
+        sys.executable,
+        "-m",
+        "producers.bench.vllm_cli",
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--endpoint",
+        "/v1/completions",
+        "--base-url",
+        server.base_url,
+        "--model",
+        model,
+        "--tokenizer",
+        str(workload.model_path),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(workload.input_len),
+        "--random-output-len",
+        str(workload.output_len),
+        "--num-prompts",
+        str(workload.prompts),
+        "--ignore-eos",
+        "--request-rate",
+        str(workload.rate),
+        "--seed",
+        "0",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--metric-percentiles",
+        "50,99",
+        # Detailed: the per-request errors say what failed (a 503, a dropped stream).
+        "--save-result",
+        "--save-detailed",
+        "--result-dir",
+        str(out.parent),
+        "--result-filename",
+        out.name,
+        "--disable-tqdm",
+    ]
     with log.open("ab") as sink:
-        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = proc.wait(_LOADGEN_TIMEOUT)
         finally:
@@ -239,20 +312,22 @@ def _load(server: Server, workload: ServeWorkload, *, model: str, env: dict[str,
 
 
 def _side(name: str, f: dict[str, Any]) -> str:
-    return (f"{name:<5} {f['output_throughput']:8.1f} tok/s  TTFT p50 {f['median_ttft_ms']:8.1f} ms"
-            f"  p99 {f['p99_ttft_ms']:8.1f} ms  completed {f['completed']:>5}"
-            f"  failed {f['failed']:>5}")
+    return (
+        f"{name:<5} {f['output_throughput']:8.1f} tok/s  TTFT p50 {f['median_ttft_ms']:8.1f} ms"
+        f"  p99 {f['p99_ttft_ms']:8.1f} ms  completed {f['completed']:>5}"
+        f"  failed {f['failed']:>5}"
+    )
 
 
-def run_serve_bench(workload: ServeWorkload, *, json_path: Path | None,
-                    say: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_serve_bench(
+    workload: ServeWorkload, *, json_path: Path | None, say: Callable[[str], Any] = print
+) -> dict[str, Any]:
     env = _offline({**os.environ})
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     logs = Path(tempfile.mkdtemp(prefix="genq-bench-serve-"))
     model = f"bench-{uuid.uuid4().hex[:6]}"
     say(f"workload: {workload.describe()}  (logs in {logs})")
-    results: dict[str, Any] = {"workload": workload.describe(), "model_name": model,
-                               "pairs": []}
+    results: dict[str, Any] = {"workload": workload.describe(), "model_name": model, "pairs": []}
     starts: dict[str, Callable[..., Server]] = {"genq": GenqServer, "vllm": VllmServer}
     for r in range(workload.repeat):
         pair: dict[str, Any] = {}
@@ -262,30 +337,34 @@ def run_serve_bench(workload: ServeWorkload, *, json_path: Path | None,
             with ExitStack() as stack:
                 server = start(workload, model=model, env=env, log_dir=logs)
                 stack.callback(server.stop)
-                pair[side] = _load(server, workload, model=model, env=env,
-                                   out=logs / f"{side}-{r + 1}.json")
+                pair[side] = _load(
+                    server, workload, model=model, env=env, out=logs / f"{side}-{r + 1}.json"
+                )
                 say(f"pair {r + 1}/{workload.repeat}: {_side(side, pair[side])}")
                 if side == "genq" and workload.long_polls:
                     pair["burst"] = accept_burst(server.base_url, model, n=workload.burst)
-                    pair["long_polls"] = long_polls(server.base_url, model,
-                                                    n=workload.long_polls)
+                    pair["long_polls"] = long_polls(server.base_url, model, n=workload.long_polls)
                     say(f"pair {r + 1}/{workload.repeat}: {_polls(pair)}")
         pair["genq_over_vllm"] = _ratio(pair["genq"], pair["vllm"])
         results["pairs"].append(pair)
-        say(f"pair {r + 1}/{workload.repeat}: genq / vLLM output throughput "
-            f"{pair['genq_over_vllm']:.3f}")
+        say(
+            f"pair {r + 1}/{workload.repeat}: genq / vLLM output throughput "
+            f"{pair['genq_over_vllm']:.3f}"
+        )
     pairs = results["pairs"]
     for side in starts:
-        results[side] = {k: statistics.median(p[side][k] for p in pairs)
-                         for k in _FIGURES}
+        results[side] = {k: statistics.median(p[side][k] for p in pairs) for k in _FIGURES}
     results["genq_over_vllm"] = statistics.median(p["genq_over_vllm"] for p in pairs)
     if workload.long_polls:
         # The worst pair: a failed poll or a refused submission in any run is a failure.
-        results["long_polls"] = max((p["long_polls"] for p in pairs),
-                                    key=lambda lp: (lp["failed"], -lp["ended"]))
-        results["burst"] = {"burst": workload.burst,
-                            "accepted": min(p["burst"]["accepted"] for p in pairs),
-                            "seconds": statistics.median(p["burst"]["seconds"] for p in pairs)}
+        results["long_polls"] = max(
+            (p["long_polls"] for p in pairs), key=lambda lp: (lp["failed"], -lp["ended"])
+        )
+        results["burst"] = {
+            "burst": workload.burst,
+            "accepted": min(p["burst"]["accepted"] for p in pairs),
+            "seconds": statistics.median(p["burst"]["seconds"] for p in pairs),
+        }
     say(_table(results))
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2))
@@ -300,10 +379,16 @@ def _ratio(genq: dict[str, Any], vllm: dict[str, Any]) -> float:
 
 def _table(r: dict[str, Any]) -> str:
     w = r["workload"]
-    head = (f"vllm bench serve: {w['prompts']} prompts, {w['input_len']} in / "
-            f"{w['output_len']} out, rate {w['rate']}, median of {len(r['pairs'])} pair(s)")
-    rows = [head, _side("genq", r["genq"]), _side("vLLM", r["vllm"]),
-            f"genq / vLLM output throughput: {r['genq_over_vllm']:.3f}"]
+    head = (
+        f"vllm bench serve: {w['prompts']} prompts, {w['input_len']} in / "
+        f"{w['output_len']} out, rate {w['rate']}, median of {len(r['pairs'])} pair(s)"
+    )
+    rows = [
+        head,
+        _side("genq", r["genq"]),
+        _side("vLLM", r["vllm"]),
+        f"genq / vLLM output throughput: {r['genq_over_vllm']:.3f}",
+    ]
     if "long_polls" in r:
         rows.append(f"genq {_polls(r)} (worst pair; burst: median)")
     return "\n".join(rows)
@@ -311,6 +396,8 @@ def _table(r: dict[str, Any]) -> str:
 
 def _polls(r: dict[str, Any]) -> str:
     lp, b = r["long_polls"], r["burst"]
-    return (f"burst of {b['burst']} submissions: {b['accepted']} accepted in "
-            f"{b['seconds'] * 1000:.0f} ms; long polls: {lp['long_polls']} at once, "
-            f"{lp['ended']} ended, {lp['failed']} failed, in {lp['seconds']:.1f} s")
+    return (
+        f"burst of {b['burst']} submissions: {b['accepted']} accepted in "
+        f"{b['seconds'] * 1000:.0f} ms; long polls: {lp['long_polls']} at once, "
+        f"{lp['ended']} ended, {lp['failed']} failed, in {lp['seconds']:.1f} s"
+    )

@@ -20,16 +20,22 @@ def measure_submission(jobs: int, *, repeat: int = 1, levels: int = 10) -> dict[
     runs = [_once(jobs, levels) for _ in range(repeat)]
     submit = [r[0] for r in runs]
     status = [r[1] for r in runs]
-    return {"jobs": jobs, "submit_jobs_per_s": statistics.median(submit),
-            "status_reads_per_s": statistics.median(status),
-            "submit_runs": submit, "status_runs": status}
+    return {
+        "jobs": jobs,
+        "submit_jobs_per_s": statistics.median(submit),
+        "status_reads_per_s": statistics.median(status),
+        "submit_runs": submit,
+        "status_runs": status,
+    }
 
 
 def _once(jobs: int, levels: int) -> tuple[float, float]:
     model = f"submit-{uuid.uuid4().hex[:6]}"
     with Client(models=[model]) as client:
-        requests = [{"model": model, "prompt": f"p{i}", "priority": i % levels,
-                     "max_tokens": 8} for i in range(jobs)]
+        requests = [
+            {"model": model, "prompt": f"p{i}", "priority": i % levels, "max_tokens": 8}
+            for i in range(jobs)
+        ]
         start = time.perf_counter()
         ids = client.submit_many(requests)
         submit_s = time.perf_counter() - start

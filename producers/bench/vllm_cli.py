@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> Any:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     from vllm.entrypoints.cli.main import main as vllm_main
+
     return vllm_main()  # type: ignore[no-untyped-call]
 
 

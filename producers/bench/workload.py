@@ -32,13 +32,18 @@ class Workload:
         rng = random.Random(self.seed)
         prompts = tuple(
             f"{i}: " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 48)))
-            for i in range(self.requests))
+            for i in range(self.requests)
+        )
         return Workload(**{**asdict(self), "prompts": prompts})
 
     def sampling(self) -> dict[str, Any]:
         """vLLM SamplingParams fields; genq's JobSpec takes the same names."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature,
-                "ignore_eos": True, "seed": None}
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "ignore_eos": True,
+            "seed": None,
+        }
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)

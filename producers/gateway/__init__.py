@@ -18,8 +18,10 @@ __all__ = ["create_app", "serve"]
 def __getattr__(name: str) -> Any:
     if name == "create_app":
         from producers.gateway.app import create_app
+
         return create_app
     if name == "serve":
         from producers.gateway.cli import serve
+
         return serve
     raise AttributeError(name)

@@ -27,15 +27,20 @@ log = logging.getLogger(__name__)
 _UPLOAD_PATH = "/v1/files"
 
 
-def create_app(settings: GatewaySettings | None = None, *, client: Client | None = None,
-               ) -> FastAPI:
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    client: Client | None = None,
+) -> FastAPI:
     """The gateway app. It connects lazily: it starts, and /healthz says 503, while the
     broker or Redis is down."""
     settings = settings or GatewaySettings()
     gw = Gateway.build(settings, client=client)
     if not settings.keys_required and not settings.binds_loopback:
-        log.warning("API keys are off: anyone who can reach %s may submit and read jobs",
-                    settings.gateway_host)
+        log.warning(
+            "API keys are off: anyone who can reach %s may submit and read jobs",
+            settings.gateway_host,
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -45,8 +50,12 @@ def create_app(settings: GatewaySettings | None = None, *, client: Client | None
         finally:
             await gw.close()
 
-    app = FastAPI(title="genq gateway", version=__version__, lifespan=lifespan,
-                  description="REST jobs API and OpenAI-compatible API for a genq fleet.")
+    app = FastAPI(
+        title="genq gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="REST jobs API and OpenAI-compatible API for a genq fleet.",
+    )
     app.state.gateway = gw
     install_handlers(app)
     for module in (jobs, completions, files, batches, ops):
@@ -72,16 +81,20 @@ def _document(app: FastAPI, models: list[Any], settings: GatewaySettings) -> Non
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            _, defs = models_json_schema([(m, "validation") for m in models],
-                                         ref_template="#/components/schemas/{model}")
+            _, defs = models_json_schema(
+                [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+            )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs.get("$defs", {}))
             for name in ("JobSpec", "CompletionRequest", "ChatRequest"):
                 _fleet_limits(components.get(name, {}).get("properties", {}), settings)
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
-                    headers = {p["name"]: p["schema"] for p in operation.get("parameters", [])
-                               if p.get("in") == "header"}
+                    headers = {
+                        p["name"]: p["schema"]
+                        for p in operation.get("parameters", [])
+                        if p.get("in") == "header"
+                    }
                     _fleet_limits({"priority": headers.get(PRIORITY_HEADER)}, settings)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -90,9 +103,11 @@ def _document(app: FastAPI, models: list[Any], settings: GatewaySettings) -> Non
 
 
 def _fleet_limits(properties: dict[str, Any], settings: GatewaySettings) -> None:
-    bounds = {"priority": (0, settings.levels - 1),
-              "max_tokens": (1, settings.max_tokens_limit),
-              "max_completion_tokens": (1, settings.max_tokens_limit)}
+    bounds = {
+        "priority": (0, settings.levels - 1),
+        "max_tokens": (1, settings.max_tokens_limit),
+        "max_completion_tokens": (1, settings.max_tokens_limit),
+    }
     for name, (low, high) in bounds.items():
         prop = properties.get(name)
         if not prop:

@@ -34,9 +34,15 @@ class AuditLog:
         if self._stream is None:
             return
         now = time.time()
-        line = json.dumps({"ts": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-                           "event": event, **{k: v for k, v in fields.items() if v is not None}},
-                          separators=(",", ":"), default=str)
+        line = json.dumps(
+            {
+                "ts": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                "event": event,
+                **{k: v for k, v in fields.items() if v is not None},
+            },
+            separators=(",", ":"),
+            default=str,
+        )
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()

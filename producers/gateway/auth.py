@@ -42,8 +42,12 @@ class Caller:
         if named is None or named == self.tenant:
             return self.tenant
         if self.keyed:
-            raise ApiError(403, f"tenant: {named!r} is not yours; your API key belongs to "
-                                f"tenant {self.tenant!r} (omit the field)", param="tenant")
+            raise ApiError(
+                403,
+                f"tenant: {named!r} is not yours; your API key belongs to "
+                f"tenant {self.tenant!r} (omit the field)",
+                param="tenant",
+            )
         return named
 
 
@@ -65,9 +69,12 @@ async def caller(request: Request) -> Caller:
             raise unavailable("redis", exc) from None
     if gw.keys_required:
         if secret is None:
-            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer "
-                                "<key>' (create one with `genq keys create --tenant T`)",
-                           code="missing_api_key")
+            raise ApiError(
+                401,
+                "missing API key: send the header 'Authorization: Bearer "
+                "<key>' (create one with `genq keys create --tenant T`)",
+                code="missing_api_key",
+            )
         if info is None:
             raise ApiError(401, "invalid API key (unknown or revoked)", code="invalid_api_key")
         return Caller(tenant=info.tenant, key_id=info.id, keyed=True, address=address)

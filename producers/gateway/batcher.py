@@ -88,7 +88,7 @@ class Batcher:
                 else:
                     start = 0
                     for request in batch:
-                        _settle(request, ids=ids[start:start + len(request.specs)])
+                        _settle(request, ids=ids[start : start + len(request.specs)])
                         start += len(request.specs)
                 self.batches += 1
 
@@ -115,14 +115,20 @@ def _split_failure(batch: list[_Request], exc: PublishError) -> None:
             _settle(request, ids=[accepted[p] for p in span])
             continue
         mine = [p for p in span if p in accepted]
-        _settle(request, exc=PublishError(
-            str(exc), accepted=[accepted[p] for p in mine],
-            accepted_positions=[p - span.start for p in mine],
-            unaccepted=[p - span.start for p in span if p not in accepted]))
+        _settle(
+            request,
+            exc=PublishError(
+                str(exc),
+                accepted=[accepted[p] for p in mine],
+                accepted_positions=[p - span.start for p in mine],
+                unaccepted=[p - span.start for p in span if p not in accepted],
+            ),
+        )
 
 
-def _settle(request: _Request, *, ids: list[str] | None = None,
-            exc: BaseException | None = None) -> None:
+def _settle(
+    request: _Request, *, ids: list[str] | None = None, exc: BaseException | None = None
+) -> None:
     if request.future.done():  # its client hung up and the handler was cancelled
         return
     if exc is not None:

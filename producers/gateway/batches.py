@@ -57,15 +57,25 @@ _CHUNK = 1000
 _FINALIZE_LOCK_SECONDS = 300
 _MAX_ERRORS_SHOWN = 100
 _ENDED = {s.value for s in TERMINAL_STATES}
-_TIMES = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",
-          "failed_at", "expired_at", "cancelling_at", "cancelled_at")
+_TIMES = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
 
 
 class BatchCreate(BaseModel):
     input_file_id: str
     endpoint: str = Field(description="/v1/chat/completions or /v1/completions")
-    completion_window: str = Field("24h", description="Hours, e.g. 24h: what has not run by "
-                                                      "then is cancelled")
+    completion_window: str = Field(
+        "24h", description="Hours, e.g. 24h: what has not run by then is cancelled"
+    )
     metadata: dict[str, str] | None = Field(None, description="Up to 16 pairs")
 
 
@@ -81,7 +91,7 @@ class BatchStore:
         pipe.expire(names.batch_key(batch_id), self._ttl)
         key = names.batch_requests_key(batch_id)
         for start in range(0, len(requests), _CHUNK):
-            pipe.rpush(key, *[json.dumps(r) for r in requests[start:start + _CHUNK]])
+            pipe.rpush(key, *[json.dumps(r) for r in requests[start : start + _CHUNK]])
         pipe.expire(key, self._ttl)
         pipe.zadd(names.tenant_batches_key(tenant), {batch_id: float(fields["created_at"])})
         pipe.expire(names.tenant_batches_key(tenant), self._ttl)
@@ -90,13 +100,13 @@ class BatchStore:
     async def get(self, batch_id: str, who: Caller) -> dict[str, str]:
         raw = text_hash(await self.redis.hgetall(names.batch_key(batch_id)))
         if not raw or not who.sees(raw.get("tenant", "")):
-            raise ApiError(404, f"batch {batch_id}: not found", param="batch_id",
-                           code="not_found")
+            raise ApiError(404, f"batch {batch_id}: not found", param="batch_id", code="not_found")
         return dict(raw)
 
     async def update(self, batch_id: str, **fields: Any) -> None:
-        await self.redis.hset(names.batch_key(batch_id),
-                              mapping={k: str(v) for k, v in fields.items()})
+        await self.redis.hset(
+            names.batch_key(batch_id), mapping={k: str(v) for k, v in fields.items()}
+        )
 
     async def requests(self, batch_id: str) -> list[tuple[str, str]]:
         key = names.batch_requests_key(batch_id)
@@ -109,44 +119,61 @@ class BatchStore:
 
 def as_object(raw: dict[str, str]) -> dict[str, Any]:
     """A batch as OpenAI shows it."""
+
     def opt_int(name: str) -> int | None:
         value = raw.get(name)
         return int(float(value)) if value else None
 
     return {
-        "id": raw["id"], "object": "batch", "endpoint": raw["endpoint"],
+        "id": raw["id"],
+        "object": "batch",
+        "endpoint": raw["endpoint"],
         "errors": json.loads(raw["errors"]) if raw.get("errors") else None,
-        "input_file_id": raw["input_file_id"], "completion_window": raw["completion_window"],
+        "input_file_id": raw["input_file_id"],
+        "completion_window": raw["completion_window"],
         "status": raw["status"],
         "output_file_id": raw.get("output_file_id") or None,
         "error_file_id": raw.get("error_file_id") or None,
         **{name: opt_int(name) for name in _TIMES},
-        "request_counts": {"total": int(raw.get("total", 0)),
-                           "completed": int(raw.get("completed", 0)),
-                           "failed": int(raw.get("failed", 0))},
+        "request_counts": {
+            "total": int(raw.get("total", 0)),
+            "completed": int(raw.get("completed", 0)),
+            "failed": int(raw.get("failed", 0)),
+        },
         "metadata": json.loads(raw["metadata"]) if raw.get("metadata") else None,
     }
 
 
 def stores(request: Request) -> tuple[Gateway, BatchStore, FileStore]:
     gw = gateway_of(request)
-    return (gw, BatchStore(gw.redis, ttl=gw.settings.batch_ttl),
-            FileStore(gw.redis, ttl=gw.settings.batch_ttl))
+    return (
+        gw,
+        BatchStore(gw.redis, ttl=gw.settings.batch_ttl),
+        FileStore(gw.redis, ttl=gw.settings.batch_ttl),
+    )
 
 
 Stores = Annotated[tuple[Gateway, BatchStore, FileStore], Depends(stores)]
 Who = Annotated[Caller, Depends(caller)]
 
 
-@router.post("/v1/batches", responses={404: {"description": "No such input file"},
-                                       422: {"description": "Invalid batch"},
-                                       429: {"description": "Too many jobs queued"}})
+@router.post(
+    "/v1/batches",
+    responses={
+        404: {"description": "No such input file"},
+        422: {"description": "Invalid batch"},
+        429: {"description": "Too many jobs queued"},
+    },
+)
 async def create_batch(body: BatchCreate, both: Stores, who: Who) -> dict[str, Any]:
     """Create a batch from an uploaded file and start it."""
     gw, batches, files = both
     if body.endpoint not in ENDPOINTS:
-        raise ApiError(422, f"endpoint: {body.endpoint!r} is not one of {', '.join(ENDPOINTS)}",
-                       param="endpoint")
+        raise ApiError(
+            422,
+            f"endpoint: {body.endpoint!r} is not one of {', '.join(ENDPOINTS)}",
+            param="endpoint",
+        )
     try:
         window = window_seconds(body.completion_window)
     except ValueError as exc:
@@ -154,29 +181,50 @@ async def create_batch(body: BatchCreate, both: Stores, who: Who) -> dict[str, A
     _check_metadata(body.metadata)
     source = await files.get(body.input_file_id, who)
     if source["purpose"] != "batch":
-        raise ApiError(422, f"input_file_id: {body.input_file_id} has purpose "
-                            f"{source['purpose']!r}, not 'batch'", param="input_file_id")
+        raise ApiError(
+            422,
+            f"input_file_id: {body.input_file_id} has purpose {source['purpose']!r}, not 'batch'",
+            param="input_file_id",
+        )
     content = await files.content(body.input_file_id, who)
     now = time.time()
     specs, custom_ids, errors = await run_in_threadpool(
-        _prepare, gw, who, content, endpoint=body.endpoint, deadline=now + window)
-    fields = {"id": f"batch_{uuid.uuid4().hex}", "tenant": who.tenant,
-              "endpoint": body.endpoint, "input_file_id": body.input_file_id,
-              "completion_window": body.completion_window, "created_at": repr(now),
-              "expires_at": repr(now + window),
-              "metadata": "" if body.metadata is None else json.dumps(body.metadata),
-              "total": str(len(specs) + len(errors)), "completed": "0", "failed": "0"}
+        _prepare, gw, who, content, endpoint=body.endpoint, deadline=now + window
+    )
+    fields = {
+        "id": f"batch_{uuid.uuid4().hex}",
+        "tenant": who.tenant,
+        "endpoint": body.endpoint,
+        "input_file_id": body.input_file_id,
+        "completion_window": body.completion_window,
+        "created_at": repr(now),
+        "expires_at": repr(now + window),
+        "metadata": "" if body.metadata is None else json.dumps(body.metadata),
+        "total": str(len(specs) + len(errors)),
+        "completed": "0",
+        "failed": "0",
+    }
     if errors:
         shown = [e.as_dict() for e in errors[:_MAX_ERRORS_SHOWN]]
-        fields.update(status="failed", failed_at=repr(now),
-                      errors=json.dumps({"object": "list", "data": shown}))
+        fields.update(
+            status="failed",
+            failed_at=repr(now),
+            errors=json.dumps({"object": "list", "data": shown}),
+        )
         await batches.create(fields, [])
         return as_object(fields)
     ids = await submit(gw, who, specs, api="batch")
     fields.update(status="in_progress", in_progress_at=repr(now))
     await batches.create(fields, list(zip(custom_ids, ids, strict=True)))
-    gw.audit.write("batch.create", tenant=who.tenant, key=who.key_id, client=who.address,
-                   batch=fields["id"], jobs=len(ids), input_file_id=body.input_file_id)
+    gw.audit.write(
+        "batch.create",
+        tenant=who.tenant,
+        key=who.key_id,
+        client=who.address,
+        batch=fields["id"],
+        jobs=len(ids),
+        input_file_id=body.input_file_id,
+    )
     return as_object(fields)
 
 
@@ -187,14 +235,17 @@ async def get_batch(batch_id: str, both: Stores, who: Who) -> dict[str, Any]:
 
 
 @router.get("/v1/batches")
-async def list_batches(both: Stores, who: Who,
-                       limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                       after: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_batches(
+    both: Stores,
+    who: Who,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
     """The caller's batches, newest first."""
     gw, batches, files = both
     ids = await batches.ids(who.tenant)
     if after in ids:
-        ids = ids[ids.index(after) + 1:]
+        ids = ids[ids.index(after) + 1 :]
     data = []
     for batch_id in ids[:limit]:
         try:
@@ -202,39 +253,56 @@ async def list_batches(both: Stores, who: Who,
         except ApiError:  # expired from Redis since it was listed
             continue
         data.append(as_object(await _refresh(gw, batches, files, raw)))
-    return {"object": "list", "data": data, "has_more": len(ids) > limit,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(ids) > limit,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
-@router.post("/v1/batches/{batch_id}/cancel",
-             responses={404: {"description": "No such batch"},
-                        409: {"description": "The batch has already ended"}})
+@router.post(
+    "/v1/batches/{batch_id}/cancel",
+    responses={
+        404: {"description": "No such batch"},
+        409: {"description": "The batch has already ended"},
+    },
+)
 async def cancel_batch(batch_id: str, both: Stores, who: Who) -> dict[str, Any]:
     """Cancel a batch: requests that have not run never will; the others' results stay."""
     gw, batches, files = both
     raw = await batches.get(batch_id, who)
     if raw["status"] in ("completed", "failed", "expired"):
-        raise ApiError(409, f"batch {batch_id} has already ended ({raw['status']})",
-                       code="batch_ended")
+        raise ApiError(
+            409, f"batch {batch_id} has already ended ({raw['status']})", code="batch_ended"
+        )
     if raw["status"] == "in_progress":
         now = repr(time.time())
         await batches.update(batch_id, status="cancelling", cancelling_at=now)
         raw.update(status="cancelling", cancelling_at=now)
         await _cancel_unfinished(gw, batches, batch_id)
-        gw.audit.write("batch.cancel", tenant=who.tenant, key=who.key_id, client=who.address,
-                       batch=batch_id)
+        gw.audit.write(
+            "batch.cancel", tenant=who.tenant, key=who.key_id, client=who.address, batch=batch_id
+        )
     return as_object(await _refresh(gw, batches, files, raw))
 
 
 # -- preparing ----------------------------------------------------------------------------
 
 
-def _prepare(gw: Gateway, who: Caller, content: str, *, endpoint: str, deadline: float,
-             ) -> tuple[list[JobSpec], list[str], list[LineError]]:
+def _prepare(
+    gw: Gateway,
+    who: Caller,
+    content: str,
+    *,
+    endpoint: str,
+    deadline: float,
+) -> tuple[list[JobSpec], list[str], list[LineError]]:
     """Every line as a job spec, or every bad line. CPU work: runs in a thread."""
-    lines, errors = parse_input(content, endpoint=endpoint,
-                                max_requests=gw.settings.max_batch_requests)
+    lines, errors = parse_input(
+        content, endpoint=endpoint, max_requests=gw.settings.max_batch_requests
+    )
     specs, custom_ids = [], []
     for line in lines:
         try:
@@ -244,8 +312,9 @@ def _prepare(gw: Gateway, who: Caller, content: str, *, endpoint: str, deadline:
             specs += validate(gw, who, jobs, priority=None, label="body")
             custom_ids.append(line.custom_id)
         except ApiError as exc:
-            errors.append(LineError(line.line, exc.code or "invalid_request",
-                                    exc.message, exc.param))
+            errors.append(
+                LineError(line.line, exc.code or "invalid_request", exc.message, exc.param)
+            )
     errors.sort(key=lambda e: e.line or 0)
     return specs, custom_ids, errors
 
@@ -266,8 +335,7 @@ def _line_jobs(endpoint: str, line: InputLine) -> list[dict[str, Any]]:
     if request.stream:  # as in OpenAI's Batch API: the output file is the answer
         raise ApiError(422, "stream: not supported in batches", param="stream")
     if len(jobs) != 1:
-        raise ApiError(422, "body: a batch line is one request: one prompt, n = 1",
-                       param="n")
+        raise ApiError(422, "body: a batch line is one request: one prompt, n = 1", param="n")
     return jobs
 
 
@@ -275,12 +343,14 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
     if metadata is None:
         return
     if len(metadata) > 16:
-        raise ApiError(422, f"metadata: {len(metadata)} pairs is over the limit of 16",
-                       param="metadata")
+        raise ApiError(
+            422, f"metadata: {len(metadata)} pairs is over the limit of 16", param="metadata"
+        )
     for key, value in metadata.items():
         if len(key) > 64 or len(value) > 512:
-            raise ApiError(422, "metadata: keys are at most 64 characters, values 512",
-                           param="metadata")
+            raise ApiError(
+                422, "metadata: keys are at most 64 characters, values 512", param="metadata"
+            )
 
 
 # -- moving a batch on --------------------------------------------------------------------
@@ -290,7 +360,7 @@ async def _states(redis: aioredis.Redis, job_ids: list[str]) -> list[str | None]
     out: list[str | None] = []
     for start in range(0, len(job_ids), _CHUNK):
         pipe = redis.pipeline(transaction=False)
-        for job_id in job_ids[start:start + _CHUNK]:
+        for job_id in job_ids[start : start + _CHUNK]:
             pipe.hget(names.job_key(job_id), "state")
         out += await pipe.execute()
     return out
@@ -305,28 +375,37 @@ async def _cancel_unfinished(gw: Gateway, batches: BatchStore, batch_id: str) ->
     def cancel() -> None:
         for job_id in live:
             gw.client.cancel(job_id)
+
     await gw.call(cancel)
 
 
-async def _refresh(gw: Gateway, batches: BatchStore, files: FileStore, raw: dict[str, str],
-                   ) -> dict[str, str]:
+async def _refresh(
+    gw: Gateway,
+    batches: BatchStore,
+    files: FileStore,
+    raw: dict[str, str],
+) -> dict[str, str]:
     """Count a running batch's jobs; finish it once they have all ended."""
     if raw["status"] not in ("in_progress", "cancelling", "finalizing"):
         return raw
     batch_id = raw["id"]
     requests = await batches.requests(batch_id)
     states = await _states(gw.redis, [job_id for _, job_id in requests])
-    if (raw["status"] == "in_progress" and not raw.get("expiring")
-            and time.time() >= float(raw["expires_at"])
-            and not all(s is None or s in _ENDED for s in states)):
+    if (
+        raw["status"] == "in_progress"
+        and not raw.get("expiring")
+        and time.time() >= float(raw["expires_at"])
+        and not all(s is None or s in _ENDED for s in states)
+    ):
         # The window closed: what has not run, won't (OpenAI's `expired`).
         await batches.update(batch_id, expiring="1")
         raw["expiring"] = "1"
         await _cancel_unfinished(gw, batches, batch_id)
         states = await _states(gw.redis, [job_id for _, job_id in requests])
-    counts = {"completed": sum(s == JobState.SUCCEEDED.value for s in states),
-              "failed": sum(s is None or (s in _ENDED and s != JobState.SUCCEEDED.value)
-                            for s in states)}
+    counts = {
+        "completed": sum(s == JobState.SUCCEEDED.value for s in states),
+        "failed": sum(s is None or (s in _ENDED and s != JobState.SUCCEEDED.value) for s in states),
+    }
     raw.update({k: str(v) for k, v in counts.items()})
     if counts["completed"] + counts["failed"] < len(states):
         await batches.update(batch_id, **counts)
@@ -334,8 +413,13 @@ async def _refresh(gw: Gateway, batches: BatchStore, files: FileStore, raw: dict
     return await _finalize(gw, batches, files, raw, requests)
 
 
-async def _finalize(gw: Gateway, batches: BatchStore, files: FileStore, raw: dict[str, str],
-                    requests: list[tuple[str, str]]) -> dict[str, str]:
+async def _finalize(
+    gw: Gateway,
+    batches: BatchStore,
+    files: FileStore,
+    raw: dict[str, str],
+    requests: list[tuple[str, str]],
+) -> dict[str, str]:
     batch_id = raw["id"]
     lock = names.batch_lock_key(batch_id)
     if not await gw.redis.set(lock, "1", nx=True, ex=_FINALIZE_LOCK_SECONDS):
@@ -350,22 +434,35 @@ async def _finalize(gw: Gateway, batches: BatchStore, files: FileStore, raw: dic
         output: list[str] = []
         errors: list[str] = []
         for start in range(0, len(requests), _CHUNK):
-            chunk = requests[start:start + _CHUNK]
+            chunk = requests[start : start + _CHUNK]
             pipe = gw.redis.pipeline(transaction=False)
             for _, job_id in chunk:
                 pipe.hgetall(names.job_key(job_id))
             for (custom_id, _), record in zip(chunk, await pipe.execute(), strict=True):
-                line, failed = output_line(custom_id, decode_record(record) if record else None,
-                                           endpoint=raw["endpoint"], expired=expired)
+                line, failed = output_line(
+                    custom_id,
+                    decode_record(record) if record else None,
+                    endpoint=raw["endpoint"],
+                    expired=expired,
+                )
                 (errors if failed else output).append(json.dumps(line))
-        final = {"status": "cancelled" if raw["status"] == "cancelling" else
-                 "expired" if expired else "completed"}
+        final = {
+            "status": "cancelled"
+            if raw["status"] == "cancelling"
+            else "expired"
+            if expired
+            else "completed"
+        }
         final[f"{final['status']}_at"] = repr(time.time())
         final["finalizing_at"] = repr(now)
         for name, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
-                made = await files.create(raw["tenant"], filename=f"{batch_id}_{name[:-8]}.jsonl",
-                                          purpose="batch_output", content="\n".join(lines) + "\n")
+                made = await files.create(
+                    raw["tenant"],
+                    filename=f"{batch_id}_{name[:-8]}.jsonl",
+                    purpose="batch_output",
+                    content="\n".join(lines) + "\n",
+                )
                 final[name] = made["id"]
         await batches.update(batch_id, **final)
         return {**raw, **final}

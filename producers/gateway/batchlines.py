@@ -58,21 +58,26 @@ class LineError:
     param: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "param": self.param,
-                "line": self.line}
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
 
 
 def window_seconds(window: str) -> int:
     """`24h` -> 86400. OpenAI takes only `24h`; genq takes 1h..168h."""
     match = _WINDOW.match(window)
     if not match or not 1 <= int(match.group(1)) <= _MAX_WINDOW_HOURS:
-        raise ValueError(f"completion_window: {window!r} is not a number of hours "
-                         f"from 1h to {_MAX_WINDOW_HOURS}h, like '24h'")
+        raise ValueError(
+            f"completion_window: {window!r} is not a number of hours "
+            f"from 1h to {_MAX_WINDOW_HOURS}h, like '24h'"
+        )
     return int(match.group(1)) * 3600
 
 
-def parse_input(content: str, *, endpoint: str, max_requests: int,
-                ) -> tuple[list[InputLine], list[LineError]]:
+def parse_input(
+    content: str,
+    *,
+    endpoint: str,
+    max_requests: int,
+) -> tuple[list[InputLine], list[LineError]]:
     """Every request of an input file, and every line that isn't one (with its number)."""
     lines: list[InputLine] = []
     errors: list[LineError] = []
@@ -81,9 +86,13 @@ def parse_input(content: str, *, endpoint: str, max_requests: int,
         if not raw.strip():
             continue
         if len(lines) + len(errors) >= max_requests:
-            errors.append(LineError(number, "too_many_requests",
-                                    f"more than {max_requests} requests in one batch "
-                                    "(GENQ_MAX_BATCH_REQUESTS)"))
+            errors.append(
+                LineError(
+                    number,
+                    "too_many_requests",
+                    f"more than {max_requests} requests in one batch (GENQ_MAX_BATCH_REQUESTS)",
+                )
+            )
             break
         try:
             item = json.loads(raw)
@@ -107,53 +116,82 @@ def _check_line(item: Any, *, endpoint: str, seen: set[str]) -> tuple[str, str, 
         return "invalid_request", "a line must be a JSON object", "line"
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id or len(custom_id) > _MAX_CUSTOM_ID:
-        return ("invalid_request", f"custom_id: a string of 1 to {_MAX_CUSTOM_ID} characters "
-                "is required", "custom_id")
+        return (
+            "invalid_request",
+            f"custom_id: a string of 1 to {_MAX_CUSTOM_ID} characters is required",
+            "custom_id",
+        )
     if custom_id in seen:
         return "duplicate_custom_id", f"custom_id: {custom_id!r} is used twice", "custom_id"
     if item.get("method", "POST") != "POST":
         return "invalid_request", "method: only POST is supported", "method"
     if item.get("url") != endpoint:
-        return ("mismatched_url", f"url: {item.get('url')!r} is not the batch's endpoint "
-                f"{endpoint!r}", "url")
+        return (
+            "mismatched_url",
+            f"url: {item.get('url')!r} is not the batch's endpoint {endpoint!r}",
+            "url",
+        )
     if not isinstance(item.get("body"), dict):
         return "invalid_request", "body: a JSON object is required", "body"
     return None
 
 
-def output_line(custom_id: str, record: JobRecord | None, *, endpoint: str,
-                expired: bool = False) -> tuple[dict[str, Any], bool]:
+def output_line(
+    custom_id: str, record: JobRecord | None, *, endpoint: str, expired: bool = False
+) -> tuple[dict[str, Any], bool]:
     """The output line of one request, and whether it belongs in the error file. `expired`:
     the batch's window closed (its unfinished jobs were cancelled for it)."""
     if record is None:
-        return _error_line(custom_id, None, "missing", "the job's record is gone from Redis "
-                           "(GENQ_JOB_TTL passed)"), True
+        return _error_line(
+            custom_id, None, "missing", "the job's record is gone from Redis (GENQ_JOB_TTL passed)"
+        ), True
     if record.state is JobState.SUCCEEDED:
         created = int(record.finished_at or record.enqueued_at)
         if endpoint == "/v1/completions":
             body = completion_body([record], model=record.model, created=created)
         else:
             body = chat_body([record], model=record.model, created=created)
-        return _line(custom_id, record.id, {"status_code": 200, "request_id": record.id,
-                                            "body": body}, None), False
+        return _line(
+            custom_id, record.id, {"status_code": 200, "request_id": record.id, "body": body}, None
+        ), False
     if record.state is JobState.FAILED:
         failure = job_failure(record)
         body = error_body(failure.message, type=failure.type, code=failure.code)
-        return _line(custom_id, record.id, {"status_code": failure.status_code,
-                                            "request_id": record.id, "body": body}, None), True
+        return _line(
+            custom_id,
+            record.id,
+            {"status_code": failure.status_code, "request_id": record.id, "body": body},
+            None,
+        ), True
     if record.state is JobState.EXPIRED or (expired and record.state is JobState.CANCELLED):
-        return _error_line(custom_id, record.id, "batch_expired",
-                           "the batch's completion window closed before this request ran"), True
-    return _error_line(custom_id, record.id, "batch_cancelled",
-                       "the batch was cancelled before this request ran"
-                       if record.state is JobState.CANCELLED else
-                       f"the request ended {record.state.value}"), True
+        return _error_line(
+            custom_id,
+            record.id,
+            "batch_expired",
+            "the batch's completion window closed before this request ran",
+        ), True
+    return _error_line(
+        custom_id,
+        record.id,
+        "batch_cancelled",
+        "the batch was cancelled before this request ran"
+        if record.state is JobState.CANCELLED
+        else f"the request ended {record.state.value}",
+    ), True
 
 
-def _line(custom_id: str, job_id: str | None, response: dict[str, Any] | None,
-          error: dict[str, Any] | None) -> dict[str, Any]:
-    return {"id": f"batch_req_{job_id}" if job_id else None, "custom_id": custom_id,
-            "response": response, "error": error}
+def _line(
+    custom_id: str,
+    job_id: str | None,
+    response: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{job_id}" if job_id else None,
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+    }
 
 
 def _error_line(custom_id: str, job_id: str | None, code: str, message: str) -> dict[str, Any]:

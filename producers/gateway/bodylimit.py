@@ -13,8 +13,12 @@ __all__ = ["BodyLimit", "too_large"]
 
 def too_large(size: int | None, limit: int, setting: str) -> ApiError:
     got = f"{size} bytes" if size is not None else "the request body"
-    return ApiError(413, f"request body: {got} is over the limit of {limit} bytes ({setting})",
-                    param="body", code="request_too_large")
+    return ApiError(
+        413,
+        f"request body: {got} is over the limit of {limit} bytes ({setting})",
+        param="body",
+        code="request_too_large",
+    )
 
 
 class BodyLimit:

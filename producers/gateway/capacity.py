@@ -27,10 +27,14 @@ class Capacity:
         """A place for one waiting request, or 503 (nothing accepted yet)."""
         if self.held >= self._limit:
             self._metrics.rejected.labels("waiting").inc()
-            raise ApiError(503, f"the gateway holds {self.held} waiting requests, its limit "
-                                f"(GENQ_MAX_WAITING); nothing was accepted, retry shortly",
-                           code="gateway_busy", type="server_error",
-                           headers={"Retry-After": str(self._retry_after)})
+            raise ApiError(
+                503,
+                f"the gateway holds {self.held} waiting requests, its limit "
+                f"(GENQ_MAX_WAITING); nothing was accepted, retry shortly",
+                code="gateway_busy",
+                type="server_error",
+                headers={"Retry-After": str(self._retry_after)},
+            )
         self.held += 1
         self._metrics.waiting.set(self.held)
 

@@ -48,8 +48,13 @@ class ChunkWriter:
 
     def _head(self) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
 
     def _chunk(self, index: int, content: Any, reason: str | None) -> bytes:
         choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": reason}

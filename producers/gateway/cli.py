@@ -24,9 +24,14 @@ __all__ = ["keys_app", "serve"]
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP gateway.")
 
 
-def serve(host: str | None = None, port: int | None = None, *,
-          api_keys: str | None = None, log_level: str = "info",
-          settings: GatewaySettings | None = None) -> None:
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    api_keys: str | None = None,
+    log_level: str = "info",
+    settings: GatewaySettings | None = None,
+) -> None:
     """Run the gateway with uvicorn until interrupted. Unset arguments come from GENQ_*."""
     import uvicorn
 
@@ -49,8 +54,13 @@ def serve(host: str | None = None, port: int | None = None, *,
         typer.echo(f"genq: {field}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
     _raise_file_limit()
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_level=log_level, proxy_headers=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=log_level,
+        proxy_headers=False,
+    )
 
 
 def _raise_file_limit() -> None:
@@ -72,9 +82,10 @@ def _fail(exc: GenqError) -> None:
 
 
 @keys_app.command("create")
-def create(tenant: str = typer.Option(..., "--tenant", "-t", help="Whose jobs this key owns."),
-           name: str = typer.Option("", "--name", help="A label, e.g. who holds the key."),
-           ) -> None:
+def create(
+    tenant: str = typer.Option(..., "--tenant", "-t", help="Whose jobs this key owns."),
+    name: str = typer.Option("", "--name", help="A label, e.g. who holds the key."),
+) -> None:
     """Create a key for TENANT; prints it once (only its hash is stored)."""
     store, audit = _store()
     try:
@@ -84,17 +95,21 @@ def create(tenant: str = typer.Option(..., "--tenant", "-t", help="Whose jobs th
         return
     finally:
         store.close()
-    audit.write("key.create", key=info.id, tenant=tenant, name=name or None,
-                by=getpass.getuser(), via="cli")
+    audit.write(
+        "key.create", key=info.id, tenant=tenant, name=name or None, by=getpass.getuser(), via="cli"
+    )
     audit.close()
     typer.echo(secret)
-    typer.echo(f"id {info.id}  tenant {tenant}  (store the key now: it is not shown again)",
-               err=True)
+    typer.echo(
+        f"id {info.id}  tenant {tenant}  (store the key now: it is not shown again)", err=True
+    )
 
 
 @keys_app.command("list")
-def list_keys(tenant: str | None = typer.Option(None, "--tenant", "-t"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
+def list_keys(
+    tenant: str | None = typer.Option(None, "--tenant", "-t"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """List keys (their IDs, tenants and names; never the keys)."""
     store, _audit = _store()
     try:
@@ -106,16 +121,23 @@ def list_keys(tenant: str | None = typer.Option(None, "--tenant", "-t"),
         store.close()
     for info in infos:
         if as_json:
-            typer.echo(json.dumps({"id": info.id, "tenant": info.tenant, "name": info.name,
-                                   "created_at": info.created_at}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": info.id,
+                        "tenant": info.tenant,
+                        "name": info.name,
+                        "created_at": info.created_at,
+                    }
+                )
+            )
         else:
             when = datetime.fromtimestamp(info.created_at, timezone.utc).strftime("%Y-%m-%d")
             typer.echo(f"{info.id}  {info.tenant:<20} {when}  {info.name}")
 
 
 @keys_app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The key's ID (from `genq keys list`).")
-           ) -> None:
+def revoke(key_id: str = typer.Argument(..., help="The key's ID (from `genq keys list`).")) -> None:
     """Delete a key: requests with it get 401 at once."""
     store, audit = _store()
     try:
@@ -125,7 +147,8 @@ def revoke(key_id: str = typer.Argument(..., help="The key's ID (from `genq keys
         return
     finally:
         store.close()
-    audit.write("key.revoke", key=key_id, tenant=info.tenant or None, by=getpass.getuser(),
-                via="cli")
+    audit.write(
+        "key.revoke", key=key_id, tenant=info.tenant or None, by=getpass.getuser(), via="cli"
+    )
     audit.close()
     typer.echo(f"revoked {key_id}")

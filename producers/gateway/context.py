@@ -75,20 +75,34 @@ class Gateway:
     def build(cls, settings: GatewaySettings, *, client: Client | None = None) -> Gateway:
         name = f"genq-gateway-{uuid.uuid4().hex[:12]}"
         pool = redis_pool_from_url(
-            settings.redis_url, settings, pool=aioredis.BlockingConnectionPool,
-            max_connections=settings.gateway_redis_connections, timeout=_POOL_WAIT,
-            decode_responses=True, client_name=name)
+            settings.redis_url,
+            settings,
+            pool=aioredis.BlockingConnectionPool,
+            max_connections=settings.gateway_redis_connections,
+            timeout=_POOL_WAIT,
+            decode_responses=True,
+            client_name=name,
+        )
         redis = aioredis.Redis(connection_pool=pool)
-        reader = redis_from_url(settings.redis_url, settings, client=aioredis.Redis,
-                                decode_responses=True, single_connection_client=True,
-                                client_name=name)
+        reader = redis_from_url(
+            settings.redis_url,
+            settings,
+            client=aioredis.Redis,
+            decode_responses=True,
+            single_connection_client=True,
+            client_name=name,
+        )
         return cls(
             settings=settings,
             name=name,
             client=client or Client(settings=settings, connection_name=name),
             redis=redis,
-            broker=BrokerProbe(settings.broker_url, levels=settings.levels,
-                               ttl=settings.queue_depth_ttl, tls=settings),
+            broker=BrokerProbe(
+                settings.broker_url,
+                levels=settings.levels,
+                ttl=settings.queue_depth_ttl,
+                tls=settings,
+            ),
             waiter=Waiter(redis),
             streams=StreamHub(reader, redis),
             audit=AuditLog(settings.audit_log),

@@ -42,43 +42,66 @@ _UNAVAILABLE_RETRY_AFTER = 2
 # template that rejects the roles) with this phrase; such a job failed because of its input.
 _REJECTED = "rejected by the engine"
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class ApiError(HTTPException):
     """An error answered to the client, in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None,
-                 type: str | None = None,  # noqa: A002 - the OpenAI error's field
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,  # noqa: A002 - the OpenAI error's field
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=status, detail=message, headers=headers)
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else
-                                       "invalid_request_error")
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, type=self.type, param=self.param,
-                                       code=self.code),
-                            status_code=self.status_code, headers=self.headers)
+        return JSONResponse(
+            error_body(self.message, type=self.type, param=self.param, code=self.code),
+            status_code=self.status_code,
+            headers=self.headers,
+        )
 
 
-def error_body(message: str, *,
-               type: str,  # noqa: A002 - the OpenAI error's field
-               param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str,
+    *,
+    type: str,  # noqa: A002 - the OpenAI error's field
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def unavailable(what: str, exc: Exception) -> ApiError:
     """The broker or Redis failed: 503, retry soon. Nothing was accepted."""
-    return ApiError(503, f"{what} is unavailable, nothing was accepted: {exc}",
-                    code="service_unavailable", type="server_error",
-                    headers={"Retry-After": str(_UNAVAILABLE_RETRY_AFTER)})
+    return ApiError(
+        503,
+        f"{what} is unavailable, nothing was accepted: {exc}",
+        code="service_unavailable",
+        type="server_error",
+        headers={"Retry-After": str(_UNAVAILABLE_RETRY_AFTER)},
+    )
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -107,8 +130,12 @@ def _clean(loc: tuple[Any, ...] | list[Any]) -> tuple[str | None, bool]:
 
 def _is_tag(part: str) -> bool:
     # Field names here are lower_snake_case; tags are types: str, int, list[...], JobSpec.
-    return ("[" in part or part.startswith("function-") or part[:1].isupper()
-            or part in ("str", "int", "float", "bool", "bytes", "dict", "list", "none"))
+    return (
+        "[" in part
+        or part.startswith("function-")
+        or part[:1].isupper()
+        or part in ("str", "int", "float", "bool", "bytes", "dict", "list", "none")
+    )
 
 
 def job_failure(record: JobRecord) -> ApiError:
@@ -118,12 +145,15 @@ def job_failure(record: JobRecord) -> ApiError:
     if record.state is JobState.CANCELLED:
         return ApiError(409, f"job {record.id} was cancelled: {error}", code="cancelled")
     if record.state is JobState.EXPIRED:
-        return ApiError(408, f"job {record.id} expired: {error}", code="deadline_exceeded",
-                        type="invalid_request_error")
+        return ApiError(
+            408,
+            f"job {record.id} expired: {error}",
+            code="deadline_exceeded",
+            type="invalid_request_error",
+        )
     if _REJECTED in error:
         return ApiError(422, f"job {record.id}: {error}", code="rejected")
-    return ApiError(500, f"job {record.id} failed: {error}", code="job_failed",
-                    type="server_error")
+    return ApiError(500, f"job {record.id} failed: {error}", code="job_failed", type="server_error")
 
 
 def genq_error(exc: GenqError) -> ApiError:
@@ -163,8 +193,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s: unexpected error", request.method, request.url.path)
-        return ApiError(500, "internal error (logged by the gateway)",
-                        type="server_error").response()
+        return ApiError(
+            500, "internal error (logged by the gateway)", type="server_error"
+        ).response()
 
 
 def request_error(errors: Any) -> ApiError:
@@ -176,8 +207,12 @@ def request_error(errors: Any) -> ApiError:
     err = errors[0]
     if err.get("type") == "json_invalid":
         reason = (err.get("ctx") or {}).get("error", "")
-        return ApiError(422, f"body: not valid JSON ({reason})".replace(" ()", ""),
-                        param="body", code="invalid_json")
+        return ApiError(
+            422,
+            f"body: not valid JSON ({reason})".replace(" ()", ""),
+            param="body",
+            code="invalid_json",
+        )
     field, in_union = _clean(err.get("loc", ()))
     msgs = [_msg(err)]
     if in_union:

@@ -37,8 +37,12 @@ class KeyInfo:
 
     @classmethod
     def from_hash(cls, raw: dict[str, Any]) -> KeyInfo:
-        return cls(id=raw["id"], tenant=raw["tenant"], name=raw.get("name", ""),
-                   created_at=float(raw.get("created_at", 0)))
+        return cls(
+            id=raw["id"],
+            tenant=raw["tenant"],
+            name=raw.get("name", ""),
+            created_at=float(raw.get("created_at", 0)),
+        )
 
 
 def hash_key(secret: str) -> str:
@@ -52,8 +56,11 @@ def key_id(secret: str) -> str:
 def check_tenant(tenant: str) -> str:
     """Tenants name Redis keys and metrics: letters, digits, `.`, `_`, `-`, up to 100."""
     if not _TENANT.match(tenant):
-        raise ValidationError(f"tenant: {tenant!r} must be 1-100 letters, digits, '.', '_' "
-                              "or '-', starting with a letter or digit", field="tenant")
+        raise ValidationError(
+            f"tenant: {tenant!r} must be 1-100 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit",
+            field="tenant",
+        )
     return tenant
 
 
@@ -74,8 +81,15 @@ class KeyStore:
         digest = hash_key(secret)
         info = KeyInfo(id=digest[:_ID_CHARS], tenant=tenant, name=name, created_at=time.time())
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(names.api_key_key(digest), mapping={
-            "id": info.id, "tenant": tenant, "name": name, "created_at": repr(info.created_at)})
+        pipe.hset(
+            names.api_key_key(digest),
+            mapping={
+                "id": info.id,
+                "tenant": tenant,
+                "name": name,
+                "created_at": repr(info.created_at),
+            },
+        )
         pipe.hset(names.API_KEYS, info.id, digest)
         self._run(pipe)
         return secret, info
@@ -90,15 +104,17 @@ class KeyStore:
         for digest in digests:
             pipe.hgetall(names.api_key_key(digest))
         infos = [KeyInfo.from_hash(raw) for raw in self._run(pipe) if raw]
-        return sorted((i for i in infos if tenant is None or i.tenant == tenant),
-                      key=lambda i: i.created_at)
+        return sorted(
+            (i for i in infos if tenant is None or i.tenant == tenant), key=lambda i: i.created_at
+        )
 
     def revoke(self, key_id: str) -> KeyInfo:
         """Delete a key by its ID; requests with it get 401 from then on."""
         try:
             digest = cast("str | None", self._redis.hget(names.API_KEYS, key_id))
-            raw = cast(dict[str, str],
-                       self._redis.hgetall(names.api_key_key(digest)) if digest else {})
+            raw = cast(
+                dict[str, str], self._redis.hgetall(names.api_key_key(digest)) if digest else {}
+            )
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         if not digest:

@@ -54,8 +54,13 @@ class _Pruned:
 
 
 class Backpressure:
-    def __init__(self, settings: GatewaySettings, redis: aioredis.Redis, broker: BrokerProbe,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        redis: aioredis.Redis,
+        broker: BrokerProbe,
+        metrics: Metrics,
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._broker = broker
@@ -72,9 +77,12 @@ class Backpressure:
         if limit:
             queued = await self.tenant_queued(tenant, incoming=incoming)
             if queued + incoming > limit:
-                self._refuse("tenant", f"tenant {tenant!r} has {queued} jobs queued; "
-                             f"{incoming} more would pass the limit of {limit} "
-                             "(GENQ_TENANT_QUEUED_LIMIT)")
+                self._refuse(
+                    "tenant",
+                    f"tenant {tenant!r} has {queued} jobs queued; "
+                    f"{incoming} more would pass the limit of {limit} "
+                    "(GENQ_TENANT_QUEUED_LIMIT)",
+                )
         limit = self._settings.model_queued_limit
         if limit:
             for model, count in per_model.items():
@@ -83,9 +91,12 @@ class Backpressure:
                 if depth is None:
                     depth = await run_in_threadpool(self._broker.depth, model)
                 if depth + count > limit:
-                    self._refuse("model", f"model {model!r} has {depth} jobs queued; {count} "
-                                 f"more would pass the limit of {limit} "
-                                 "(GENQ_MODEL_QUEUED_LIMIT)")
+                    self._refuse(
+                        "model",
+                        f"model {model!r} has {depth} jobs queued; {count} "
+                        f"more would pass the limit of {limit} "
+                        "(GENQ_MODEL_QUEUED_LIMIT)",
+                    )
 
     def accepted(self, tenant: str, job_ids: list[str], now: float) -> None:
         """Count jobs the tenant just submitted. They are written with those of every request
@@ -107,8 +118,9 @@ class Backpressure:
             try:
                 await pipe.execute()
             except RedisError as exc:  # the jobs are in: they go uncounted, not refused
-                log.warning("%d tenants' new jobs not counted for their limits: %s",
-                            len(batch), exc)
+                log.warning(
+                    "%d tenants' new jobs not counted for their limits: %s", len(batch), exc
+                )
             # Dropped only now: until written, they count through `_unsaved`.
             for tenant, members in batch.items():
                 left = self._unsaved.get(tenant)
@@ -138,7 +150,7 @@ class Backpressure:
         members = texts(await self._redis.zrange(key, 0, -1))
         queued, ended = 0, []
         for start in range(0, len(members), _PRUNE_CHUNK):
-            chunk = members[start:start + _PRUNE_CHUNK]
+            chunk = members[start : start + _PRUNE_CHUNK]
             pipe = self._redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hget(names.job_key(job_id), "state")
@@ -153,5 +165,9 @@ class Backpressure:
 
     def _refuse(self, limit: str, message: str) -> None:
         self._metrics.rejected.labels(limit).inc()
-        raise ApiError(429, message, code=f"{limit}_queue_full",
-                       headers={"Retry-After": str(self._settings.retry_after)})
+        raise ApiError(
+            429,
+            message,
+            code=f"{limit}_queue_full",
+            headers={"Retry-After": str(self._settings.retry_after)},
+        )

@@ -23,20 +23,50 @@ __all__ = ["Metrics", "MetricsMiddleware"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("genq_gateway_requests", "HTTP requests answered",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("genq_gateway_request_seconds", "Time to answer a request",
-                                 ["route"], registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10,
-                                          30, 60, 120, 300, 600))
-        self.jobs = Counter("genq_gateway_jobs_submitted", "Jobs accepted",
-                            ["model", "api"], registry=self.registry)
-        self.rejected = Counter("genq_gateway_backpressure_rejections",
-                                "Requests refused with 429 (a queue limit) or 503 (waiting)",
-                                ["limit"], registry=self.registry)
-        self.waiting = Gauge("genq_gateway_waiting_requests",
-                             "Requests held open waiting on jobs (completions, streams, "
-                             "long polls)", registry=self.registry)
+        self.requests = Counter(
+            "genq_gateway_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "genq_gateway_request_seconds",
+            "Time to answer a request",
+            ["route"],
+            registry=self.registry,
+            buckets=(
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+                120,
+                300,
+                600,
+            ),
+        )
+        self.jobs = Counter(
+            "genq_gateway_jobs_submitted", "Jobs accepted", ["model", "api"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "genq_gateway_backpressure_rejections",
+            "Requests refused with 429 (a queue limit) or 503 (waiting)",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "genq_gateway_waiting_requests",
+            "Requests held open waiting on jobs (completions, streams, long polls)",
+            registry=self.registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

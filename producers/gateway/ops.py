@@ -41,9 +41,10 @@ async def healthz(request: Request) -> JSONResponse:
     except (BrokerError, asyncio.TimeoutError) as exc:
         checks["rabbitmq"] = f"down: {exc!r}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks,
-                         "gateway": gw.name},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", **checks, "gateway": gw.name},
+        status_code=200 if ok else 503,
+    )
 
 
 @router.get("/metrics", response_class=Response)

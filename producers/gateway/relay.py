@@ -78,21 +78,25 @@ class _Choice:
             # the rest of this choice comes from the record.
             self.diverged = True
             return ""
-        new = text[len(overlap):]
+        new = text[len(overlap) :]
         self.sent += new
         return new
 
     def rest(self, record: JobRecord) -> str:
         text = record.text or ""
         if not text.startswith(self.sent):
-            log.warning("job %s: the streamed text is not a prefix of its result (a sampled "
-                        "job rerun after it began streaming)", self.job_id)
+            log.warning(
+                "job %s: the streamed text is not a prefix of its result (a sampled "
+                "job rerun after it began streaming)",
+                self.job_id,
+            )
             return ""
-        return text[len(self.sent):]
+        return text[len(self.sent) :]
 
 
-async def relay(hub: StreamHub, waiter: Waiter, job_ids: list[str], *,
-                deadline: float) -> AsyncIterator[Piece | Ended]:
+async def relay(
+    hub: StreamHub, waiter: Waiter, job_ids: list[str], *, deadline: float
+) -> AsyncIterator[Piece | Ended]:
     """Pieces of text as the jobs produce them, and each job's record once it ended (after
     its last piece). Ends when every job has ended; `TimeoutError` past `deadline` (a
     `time.monotonic()` value). Nothing here waits long, so the deadline is kept to within a

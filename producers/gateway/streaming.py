@@ -34,15 +34,28 @@ from producers.gateway.wire import usage_of
 __all__ = ["stream_response"]
 
 
-def stream_response(gw: Gateway, who: Caller, ids: list[str], *,
-                    kind: Literal["completion", "chat"], model: str, n: int,
-                    include_usage: bool, echo_prompts: list[str] | None,
-                    headers: dict[str, str],
-                    on_close: Callable[[], None] | None = None) -> StreamingResponse:
+def stream_response(
+    gw: Gateway,
+    who: Caller,
+    ids: list[str],
+    *,
+    kind: Literal["completion", "chat"],
+    model: str,
+    n: int,
+    include_usage: bool,
+    echo_prompts: list[str] | None,
+    headers: dict[str, str],
+    on_close: Callable[[], None] | None = None,
+) -> StreamingResponse:
     """The response; `on_close` runs once it has ended, however it ended."""
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
-    writer = ChunkWriter(kind=kind, id=f"{prefix}-{ids[0]}", model=model,
-                         created=int(time.time()), include_usage=include_usage)
+    writer = ChunkWriter(
+        kind=kind,
+        id=f"{prefix}-{ids[0]}",
+        model=model,
+        created=int(time.time()),
+        include_usage=include_usage,
+    )
     state = _State()
     body = _events(gw, ids, writer, state, n=n, echo_prompts=echo_prompts)
 
@@ -50,15 +63,17 @@ def stream_response(gw: Gateway, who: Caller, ids: list[str], *,
         try:
             await body.aclose()
             if state.cancel_rest and len(state.records) < len(ids):
-                await _abandon(gw, who,
-                               [job for k, job in enumerate(ids) if k not in state.records])
+                await _abandon(
+                    gw, who, [job for k, job in enumerate(ids) if k not in state.records]
+                )
         finally:
             if on_close is not None:
                 on_close()
 
     # No buffering anywhere on the way: a proxy that holds the events defeats streaming.
-    return _EventStream(body, close, headers={
-        **headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _EventStream(
+        body, close, headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 @dataclass
@@ -77,8 +92,13 @@ class _EventStream(StreamingResponse):
     or in a send between two events, where no `finally` of the generator would run), so the
     clean-up is here, shielded from that cancellation."""
 
-    def __init__(self, body: AsyncIterator[bytes], close: Callable[[], Awaitable[None]],
-                 *, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+        *,
+        headers: dict[str, str],
+    ) -> None:
         super().__init__(body, media_type="text/event-stream", headers=headers)
         self._close = close
 
@@ -90,8 +110,15 @@ class _EventStream(StreamingResponse):
                 await self._close()
 
 
-async def _events(gw: Gateway, ids: list[str], writer: ChunkWriter, state: _State, *,
-                  n: int, echo_prompts: list[str] | None) -> AsyncGenerator[bytes, None]:
+async def _events(
+    gw: Gateway,
+    ids: list[str],
+    writer: ChunkWriter,
+    state: _State,
+    *,
+    n: int,
+    echo_prompts: list[str] | None,
+) -> AsyncGenerator[bytes, None]:
     records = state.records
     timeout = gw.settings.completion_timeout
     if writer.kind == "chat":
@@ -101,8 +128,7 @@ async def _events(gw: Gateway, ids: list[str], writer: ChunkWriter, state: _Stat
         for index in range(len(ids)):
             yield writer.text(index, echo_prompts[index // n])
     try:
-        async for event in relay(gw.streams, gw.waiter, ids,
-                                 deadline=time.monotonic() + timeout):
+        async for event in relay(gw.streams, gw.waiter, ids, deadline=time.monotonic() + timeout):
             if isinstance(event, Piece):
                 yield writer.text(event.index, event.text)
                 continue
@@ -114,9 +140,15 @@ async def _events(gw: Gateway, ids: list[str], writer: ChunkWriter, state: _Stat
             yield writer.finish(event.index, event.record.finish_reason)
     except TimeoutError:
         state.cancel_rest = False
-        yield _error(ApiError(504, f"jobs {', '.join(ids)} did not end within {timeout:g} s "
-                                   "(GENQ_COMPLETION_TIMEOUT); they go on: GET /v1/jobs/{id}",
-                              code="timeout", type="server_error"))
+        yield _error(
+            ApiError(
+                504,
+                f"jobs {', '.join(ids)} did not end within {timeout:g} s "
+                "(GENQ_COMPLETION_TIMEOUT); they go on: GET /v1/jobs/{id}",
+                code="timeout",
+                type="server_error",
+            )
+        )
         return
     except (GenqError, RedisError) as exc:  # a record gone (expired), or Redis failing
         yield _error(ApiError(500, f"stream interrupted: {exc}", type="server_error"))
@@ -135,5 +167,11 @@ async def _abandon(gw: Gateway, who: Caller, job_ids: list[str]) -> None:
     for job_id in job_ids:
         with contextlib.suppress(GenqError):  # already gone: nothing to cancel
             await gw.call(gw.client.cancel, job_id)
-    gw.audit.write("job.cancel", tenant=who.tenant, key=who.key_id, client=who.address,
-                   jobs=job_ids, reason="stream ended before the jobs")
+    gw.audit.write(
+        "job.cancel",
+        tenant=who.tenant,
+        key=who.key_id,
+        client=who.address,
+        jobs=job_ids,
+        reason="stream ended before the jobs",
+    )

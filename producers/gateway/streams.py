@@ -44,6 +44,7 @@ Entries = list[tuple[str, dict[str, str]]]
 @dataclass(eq=False)
 class Tap:
     """One response's streams: the entries read for them since it last took."""
+
     keys: list[str]
     pending: list[tuple[str, Entries]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -35,14 +35,19 @@ log = logging.getLogger(__name__)
 PRIORITY_HEADER = "X-Genq-Priority"
 
 
-def validate(gw: Gateway, caller: Caller, jobs: Sequence[Any], *, priority: int | None,
-             label: str = "jobs") -> list[JobSpec]:
+def validate(
+    gw: Gateway, caller: Caller, jobs: Sequence[Any], *, priority: int | None, label: str = "jobs"
+) -> list[JobSpec]:
     """Each job as the fleet will run it, or the first error naming its field (prefixed by
     `label[i].` when there are several): 404 for a model the fleet doesn't serve, 422 else."""
     limit = gw.settings.max_jobs_per_request
     if len(jobs) > limit:
-        raise ApiError(422, f"{label}: {len(jobs)} jobs in one request is over the limit of "
-                            f"{limit} (GENQ_MAX_JOBS_PER_REQUEST)", param=label)
+        raise ApiError(
+            422,
+            f"{label}: {len(jobs)} jobs in one request is over the limit of "
+            f"{limit} (GENQ_MAX_JOBS_PER_REQUEST)",
+            param=label,
+        )
     if not jobs:
         raise ApiError(422, f"{label}: no jobs given", param=label)
     specs = []
@@ -58,9 +63,12 @@ def validate(gw: Gateway, caller: Caller, jobs: Sequence[Any], *, priority: int 
             spec = parse_spec(fields)
             if spec.model not in gw.settings.models:
                 declared = ", ".join(gw.settings.models) or "none (set GENQ_MODELS)"
-                raise ApiError(404, f"{where}model: {spec.model!r} is not served by this "
-                                    f"fleet; models: {declared}",
-                               param=f"{where}model", code="model_not_found")
+                raise ApiError(
+                    404,
+                    f"{where}model: {spec.model!r} is not served by this fleet; models: {declared}",
+                    param=f"{where}model",
+                    code="model_not_found",
+                )
             specs.append(gw.client.validate(spec))
         except ValidationError as exc:
             field = f"{where}{exc.field}" if exc.field else (where.rstrip(".") or None)
@@ -68,8 +76,9 @@ def validate(gw: Gateway, caller: Caller, jobs: Sequence[Any], *, priority: int 
     return specs
 
 
-async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
-                 check_limits: bool = True) -> list[str]:
+async def submit(
+    gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str, check_limits: bool = True
+) -> list[str]:
     """Submit validated jobs; their IDs, in order. 429 over a limit, 503 if the broker
     or Redis failed: then nothing was accepted (`Client.submit_many` removes the records of
     what it could not publish, and what was published anyway is cancelled here unless its
@@ -86,9 +95,14 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
         accepted = doomed_by_retry(specs, exc)
         if accepted:
             await gw.call(_cancel_all, gw, accepted)
-            gw.audit.write("job.cancel", tenant=caller.tenant, key=caller.key_id,
-                           client=caller.address, jobs=accepted,
-                           reason="the rest of the request was not published")
+            gw.audit.write(
+                "job.cancel",
+                tenant=caller.tenant,
+                key=caller.key_id,
+                client=caller.address,
+                jobs=accepted,
+                reason="the rest of the request was not published",
+            )
         raise unavailable("the broker", exc) from None
     except BrokerError as exc:
         raise unavailable("the broker", exc) from None
@@ -97,17 +111,27 @@ async def submit(gw: Gateway, caller: Caller, specs: list[JobSpec], *, api: str,
     gw.limits.accepted(caller.tenant, ids, time.time())
     for model, count in per_model.items():
         gw.metrics.jobs.labels(model, api).inc(count)
-    gw.audit.write("job.submit", api=api, tenant=caller.tenant, key=caller.key_id,
-                   client=caller.address, jobs=ids,
-                   models=sorted(per_model), priorities=sorted({s.priority for s in specs}))
+    gw.audit.write(
+        "job.submit",
+        api=api,
+        tenant=caller.tenant,
+        key=caller.key_id,
+        client=caller.address,
+        jobs=ids,
+        models=sorted(per_model),
+        priorities=sorted({s.priority for s in specs}),
+    )
     return ids
 
 
 def doomed_by_retry(specs: list[JobSpec], exc: PublishError) -> list[str]:
     """The accepted jobs of a failed request that its retry would submit a second time:
     those without an idempotency key."""
-    return [job_id for job_id, i in zip(exc.accepted, exc.accepted_positions, strict=True)
-            if not specs[i].idempotency_key]
+    return [
+        job_id
+        for job_id, i in zip(exc.accepted, exc.accepted_positions, strict=True)
+        if not specs[i].idempotency_key
+    ]
 
 
 def _cancel_all(gw: Gateway, job_ids: list[str]) -> None:

@@ -80,16 +80,21 @@ class PromptTokens:
                 field = "prompt" if spec.prompt is not None else "messages"
                 if len(specs) > 1:  # jobs[2].prompt; a completion's prompts: prompt[2]
                     field = f"{label}[{i}]" if label == field else f"{label}[{i}].{field}"
-                raise ApiError(422, f"{field}: {count} tokens is over the limit of {limit} "
-                                    f"prompt tokens ({why})", param=field,
-                               code="context_length_exceeded")
+                raise ApiError(
+                    422,
+                    f"{field}: {count} tokens is over the limit of {limit} prompt tokens ({why})",
+                    param=field,
+                    code="context_length_exceeded",
+                )
 
     def _limit(self, info: _ModelInfo) -> tuple[int | None, str]:
         configured = self._settings.max_prompt_tokens or None
         context = info.context - 1 if info.context else None
         if context is not None and (configured is None or context < configured):
-            return context, (f"the model's context of {info.context} tokens, as its workers "
-                             "advertise it, less one for the output")
+            return context, (
+                f"the model's context of {info.context} tokens, as its workers "
+                "advertise it, less one for the output"
+            )
         return configured, "GENQ_MAX_PROMPT_TOKENS"
 
     async def _info(self, model: str) -> _ModelInfo:
@@ -126,8 +131,7 @@ class PromptTokens:
         tokenizer, context = None, None
         # A large COUNT: the keyspace holds every job record, and each SCAN call is a round
         # trip; ten thousand keys a call crosses 100,000 keys in ten.
-        async for key in self._redis.scan_iter(match=names.WORKER_STATS_PREFIX + "*",
-                                               count=10_000):
+        async for key in self._redis.scan_iter(match=names.WORKER_STATS_PREFIX + "*", count=10_000):
             # The gateway's client decodes responses: fields and values are str.
             beat = cast("dict[str, str]", await self._redis.hgetall(key))
             if beat.get("model") != model:
@@ -151,8 +155,10 @@ def _import_tokenizers() -> None:
     try:
         from transformers import AutoTokenizer  # noqa: F401 - imported for its side effect
     except ImportError as exc:
-        log.warning("transformers is not importable (%s): prompt tokens are left to the "
-                    "engine to count", exc)
+        log.warning(
+            "transformers is not importable (%s): prompt tokens are left to the engine to count",
+            exc,
+        )
 
 
 def _load(source: str) -> Any | None:
@@ -160,12 +166,16 @@ def _load(source: str) -> Any | None:
     # never sees a worker (or has GENQ_MAX_PROMPT_TOKENS off) should not pay for it.
     try:
         from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(source)
     # Not on this machine, no hub access, not a tokenizer, or one this transformers can't
     # read: the engine counts the tokens instead, so no failure here may stop the gateway.
     except Exception as exc:  # noqa: BLE001
-        log.warning("tokenizer %r not loadable here (%s): prompt tokens are left to the "
-                    "engine to count", source, exc)
+        log.warning(
+            "tokenizer %r not loadable here (%s): prompt tokens are left to the engine to count",
+            source,
+            exc,
+        )
         return None
 
 
@@ -176,8 +186,7 @@ def _count(tokenizer: Any, spec: JobSpec) -> int | None:
         return len(tokenizer(spec.prompt).input_ids)
     messages = [m.model_dump() for m in spec.messages or ()]
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                            tokenize=True)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     # A template that can't render these messages raises whatever jinja or it chooses; the
     # engine will render it again and say why.
     except Exception:  # noqa: BLE001

@@ -57,6 +57,7 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 @dataclass(eq=False)
 class _Watch:
     """One request waiting on some jobs: their latest records, and a wake-up."""
+
     records: dict[str, JobRecord | None]
     event: asyncio.Event = field(default_factory=asyncio.Event)
     missing: str | None = None
@@ -105,9 +106,13 @@ class Waiter:
                 raise NotFoundError(f"job {job_id}: not found")
         return records  # type: ignore[return-value]
 
-    async def wait(self, job_ids: list[str], *, timeout: float,
-                   gone: Callable[[], Awaitable[bool]] | None = None,
-                   ) -> tuple[list[JobRecord], bool]:
+    async def wait(
+        self,
+        job_ids: list[str],
+        *,
+        timeout: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> tuple[list[JobRecord], bool]:
         """Wait until every job ended, `timeout` passed, or `gone()` (the client hung up).
         Returns the records as they are then and whether all ended."""
         deadline = time.monotonic() + timeout
@@ -129,8 +134,9 @@ class Waiter:
                 left = deadline - time.monotonic()
                 if left <= 0 or (gone is not None and await gone()):
                     # The last word on the ones still going, not what the first read saw.
-                    fresh = await self.read([j for j, r in watch.records.items()
-                                             if r is None or not r.done])
+                    fresh = await self.read(
+                        [j for j, r in watch.records.items() if r is None or not r.done]
+                    )
                     for record in fresh:
                         watch.records[record.id] = _newer(watch.records[record.id], record)
                     return self._records(watch, job_ids), watch.done()
@@ -151,8 +157,7 @@ class Waiter:
     # -- the reader ---------------------------------------------------------------------------
 
     async def _read(self, job_ids: list[str]) -> list[JobRecord | None]:
-        future: asyncio.Future[list[JobRecord | None]] = (
-            asyncio.get_running_loop().create_future())
+        future: asyncio.Future[list[JobRecord | None]] = asyncio.get_running_loop().create_future()
         self._reads.append(_Read(list(job_ids), future))
         self._kick.set()
         return await future
@@ -189,8 +194,11 @@ class Waiter:
                         read.future.set_exception(exc)
 
     async def _serve(self, reads: list[_Read], announced: set[str]) -> None:
-        wanted = list(dict.fromkeys([j for r in reads for j in r.job_ids]
-                                    + [j for j in announced if j in self._watches]))
+        wanted = list(
+            dict.fromkeys(
+                [j for r in reads for j in r.job_ids] + [j for j in announced if j in self._watches]
+            )
+        )
         found = dict(zip(wanted, await self._hgetall(wanted), strict=True)) if wanted else {}
         for read in reads:
             if not read.future.done():
@@ -217,8 +225,11 @@ class Waiter:
 
     async def _sweep(self) -> None:
         """Find watched jobs that ended unannounced (or vanished) by their state alone."""
-        unfinished = [j for j, watches in self._watches.items()
-                      if any(not _ended(w.records.get(j)) for w in watches)]
+        unfinished = [
+            j
+            for j, watches in self._watches.items()
+            if any(not _ended(w.records.get(j)) for w in watches)
+        ]
         for chunk in _chunks(unfinished):
             pipe = self._redis.pipeline(transaction=False)
             for job_id in chunk:
@@ -244,8 +255,7 @@ class Waiter:
                         self._announced.add(job_id)
                         self._kick.set()
             except (RedisError, OSError) as exc:
-                log.warning("result subscription lost (%s); the sweep finds results "
-                            "meanwhile", exc)
+                log.warning("result subscription lost (%s); the sweep finds results meanwhile", exc)
                 await asyncio.sleep(_RECONNECT)
             finally:
                 with contextlib.suppress(RedisError, OSError):
@@ -264,4 +274,4 @@ def _newer(old: JobRecord | None, new: JobRecord) -> JobRecord:
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
+        yield items[start : start + _CHUNK]

@@ -31,8 +31,13 @@ __all__ = [
 ]
 
 # OpenAI's newer "developer" role is what older models call "system".
-_ROLES = {"system": "system", "developer": "system", "user": "user",
-          "assistant": "assistant", "tool": "tool"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 class StreamOptions(BaseModel):
@@ -53,23 +58,33 @@ class _GenqFields(BaseModel):
     n: StrictInt = Field(1, ge=1, le=128, description="Choices per prompt")
     stop: str | list[str] | None = None
     seed: StrictInt | None = None
-    stream: StrictBool | None = Field(False, description=(
-        "Server-sent events: the text as the worker generates it, in OpenAI's chunks"))
-    stream_options: StreamOptions | None = Field(None, description=(
-        "With stream: include_usage adds a last chunk with the token usage"))
+    stream: StrictBool | None = Field(
+        False,
+        description=("Server-sent events: the text as the worker generates it, in OpenAI's chunks"),
+    )
+    stream_options: StreamOptions | None = Field(
+        None, description=("With stream: include_usage adds a last chunk with the token usage")
+    )
     presence_penalty: float | None = Field(None, description="Not supported: omit, or 0")
     frequency_penalty: float | None = Field(None, description="Not supported: omit, or 0")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: omit")
     user: str | None = None
-    priority: StrictInt | None = Field(None, description=(
-        "genq: priority level, higher is more urgent (or the X-Genq-Priority header)"))
-    deadline: float | None = Field(None, description=(
-        "genq: seconds from now, or a Unix time, by which the job must have started"))
-    idempotency_key: str | None = Field(None, description=(
-        "genq: the same key (per tenant) returns the same job instead of a new one"))
+    priority: StrictInt | None = Field(
+        None,
+        description=("genq: priority level, higher is more urgent (or the X-Genq-Priority header)"),
+    )
+    deadline: float | None = Field(
+        None,
+        description=("genq: seconds from now, or a Unix time, by which the job must have started"),
+    )
+    idempotency_key: str | None = Field(
+        None,
+        description=("genq: the same key (per tenant) returns the same job instead of a new one"),
+    )
     ignore_eos: StrictBool = False
-    cache: StrictBool = Field(True, description="genq: use the result cache (deterministic "
-                                                "requests only)")
+    cache: StrictBool = Field(
+        True, description="genq: use the result cache (deterministic requests only)"
+    )
 
     @property
     def include_usage(self) -> bool:
@@ -85,8 +100,11 @@ class _GenqFields(BaseModel):
     def job_fields(self, index: int, total: int, choice: int) -> dict[str, Any]:
         """The JobSpec fields of one choice. With a seed, choice j samples with seed + j:
         n copies of one seed would be n copies of one text."""
-        fields: dict[str, Any] = {"model": self.model, "ignore_eos": self.ignore_eos,
-                                  "cache": self.cache}
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "ignore_eos": self.ignore_eos,
+            "cache": self.cache,
+        }
         for name in ("max_tokens", "temperature", "top_p", "stop", "deadline", "priority"):
             value = getattr(self, name)
             if value is not None:
@@ -96,8 +114,9 @@ class _GenqFields(BaseModel):
         if self.stream:  # its worker publishes the text as it goes
             fields["stream"] = True
         if self.idempotency_key is not None:
-            fields["idempotency_key"] = (self.idempotency_key if total == 1
-                                         else f"{self.idempotency_key}#{index}")
+            fields["idempotency_key"] = (
+                self.idempotency_key if total == 1 else f"{self.idempotency_key}#{index}"
+            )
         return fields
 
 
@@ -138,8 +157,9 @@ class ChatRequest(_GenqFields):
 
 
 def _unsupported(name: str) -> None:
-    raise ApiError(422, f"{name}: not supported by genq (leave it out)", param=name,
-                   code="unsupported")
+    raise ApiError(
+        422, f"{name}: not supported by genq (leave it out)", param=name, code="unsupported"
+    )
 
 
 def completion_jobs(req: CompletionRequest) -> list[dict[str, Any]]:
@@ -155,11 +175,18 @@ def completion_jobs(req: CompletionRequest) -> list[dict[str, Any]]:
     if not prompts:
         raise ApiError(422, "prompt: must not be empty", param="prompt")
     if not all(isinstance(p, str) for p in prompts):
-        raise ApiError(422, "prompt: token-ID prompts are not supported; send text",
-                       param="prompt", code="unsupported")
+        raise ApiError(
+            422,
+            "prompt: token-ID prompts are not supported; send text",
+            param="prompt",
+            code="unsupported",
+        )
     total = len(prompts) * req.n
-    return [{**req.job_fields(i * req.n + j, total, j), "prompt": p}
-            for i, p in enumerate(prompts) for j in range(req.n)]
+    return [
+        {**req.job_fields(i * req.n + j, total, j), "prompt": p}
+        for i, p in enumerate(prompts)
+        for j in range(req.n)
+    ]
 
 
 def chat_jobs(req: ChatRequest) -> list[dict[str, Any]]:
@@ -174,8 +201,9 @@ def chat_jobs(req: ChatRequest) -> list[dict[str, Any]]:
     messages = [_message(i, m) for i, m in enumerate(req.messages)]
     if not messages:
         raise ApiError(422, "messages: must not be empty", param="messages")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
-        else req.max_tokens
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
     jobs = []
     for j in range(req.n):
         fields = req.job_fields(j, req.n, j)
@@ -189,21 +217,30 @@ def chat_jobs(req: ChatRequest) -> list[dict[str, Any]]:
 def _message(i: int, message: ChatMessageIn) -> dict[str, str]:
     role = _ROLES.get(message.role)
     if role is None:
-        raise ApiError(422, f"messages[{i}].role: {message.role!r} is not one of "
-                            f"{', '.join(_ROLES)}", param=f"messages[{i}].role")
+        raise ApiError(
+            422,
+            f"messages[{i}].role: {message.role!r} is not one of {', '.join(_ROLES)}",
+            param=f"messages[{i}].role",
+        )
     content = message.content
     if isinstance(content, list):
         texts = []
         for k, part in enumerate(content):
             if part.type != "text" or part.text is None:
-                raise ApiError(422, f"messages[{i}].content[{k}]: only text parts are "
-                                    f"supported, got {part.type!r}",
-                               param=f"messages[{i}].content[{k}].type", code="unsupported")
+                raise ApiError(
+                    422,
+                    f"messages[{i}].content[{k}]: only text parts are supported, got {part.type!r}",
+                    param=f"messages[{i}].content[{k}].type",
+                    code="unsupported",
+                )
             texts.append(part.text)
         content = "".join(texts)
     if content is None:
-        raise ApiError(422, f"messages[{i}].content: required (tool calls are not supported)",
-                       param=f"messages[{i}].content")
+        raise ApiError(
+            422,
+            f"messages[{i}].content: required (tool calls are not supported)",
+            param=f"messages[{i}].content",
+        )
     return {"role": role, "content": content}
 
 
@@ -220,13 +257,21 @@ def usage_of(records: list[JobRecord], n: int) -> dict[str, int]:
     # A prompt is read once however many choices it has.
     prompt = sum(r.usage.prompt_tokens for r in records[::n] if r.usage)
     completion = sum(r.usage.completion_tokens for r in records if r.usage)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
-def completion_body(records: list[JobRecord], *, model: str, n: int = 1,
-                    echo_prompts: list[str] | None = None,
-                    created: int | None = None) -> dict[str, Any]:
+def completion_body(
+    records: list[JobRecord],
+    *,
+    model: str,
+    n: int = 1,
+    echo_prompts: list[str] | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
     """A `text_completion`; raises the first failed job's error."""
     _succeeded(records)
     choices = []
@@ -234,24 +279,51 @@ def completion_body(records: list[JobRecord], *, model: str, n: int = 1,
         text = record.text or ""
         if echo_prompts is not None:
             text = echo_prompts[index // n] + text
-        choices.append({"text": text, "index": index, "logprobs": None,
-                        "finish_reason": record.finish_reason or "stop"})
-    return {"id": f"cmpl-{records[0].id}", "object": "text_completion",
-            "created": created or int(time.time()), "model": model, "choices": choices,
-            "usage": usage_of(records, n), "system_fingerprint": None}
+        choices.append(
+            {
+                "text": text,
+                "index": index,
+                "logprobs": None,
+                "finish_reason": record.finish_reason or "stop",
+            }
+        )
+    return {
+        "id": f"cmpl-{records[0].id}",
+        "object": "text_completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage_of(records, n),
+        "system_fingerprint": None,
+    }
 
 
-def chat_body(records: list[JobRecord], *, model: str, created: int | None = None,
-              ) -> dict[str, Any]:
+def chat_body(
+    records: list[JobRecord],
+    *,
+    model: str,
+    created: int | None = None,
+) -> dict[str, Any]:
     """A `chat.completion`; raises the first failed job's error."""
     _succeeded(records)
-    choices = [{"index": index, "logprobs": None,
-                "finish_reason": record.finish_reason or "stop",
-                "message": {"role": "assistant", "content": record.text or ""}}
-               for index, record in enumerate(records)]
-    return {"id": f"chatcmpl-{records[0].id}", "object": "chat.completion",
-            "created": created or int(time.time()), "model": model, "choices": choices,
-            "usage": usage_of(records, len(records)), "system_fingerprint": None}
+    choices = [
+        {
+            "index": index,
+            "logprobs": None,
+            "finish_reason": record.finish_reason or "stop",
+            "message": {"role": "assistant", "content": record.text or ""},
+        }
+        for index, record in enumerate(records)
+    ]
+    return {
+        "id": f"chatcmpl-{records[0].id}",
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage_of(records, len(records)),
+        "system_fingerprint": None,
+    }
 
 
 def model_body(model: str, created: int = 0) -> dict[str, Any]:

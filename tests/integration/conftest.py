@@ -55,6 +55,7 @@ def services_up() -> None:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     from genq.testmodel import build_test_model
+
     return build_test_model(REPO / ".genq" / "models" / "tiny", size="tiny")
 
 
@@ -64,16 +65,21 @@ def model_name() -> str:
 
 
 @pytest.fixture(scope="session")
-def fleet_env(services_up: None, model_name: str, tmp_path_factory: pytest.TempPathFactory,
-              ) -> Iterator[dict[str, str]]:
+def fleet_env(
+    services_up: None,
+    model_name: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, str]]:
     env = dict(os.environ)
-    env.update({
-        "GENQ_MODELS": model_name,
-        "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "GENQ_REDIS_URL": ClientSettings().redis_url,
-        "GENQ_BROKER_URL": ClientSettings().broker_url,
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "GENQ_MODELS": model_name,
+            "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            "GENQ_REDIS_URL": ClientSettings().redis_url,
+            "GENQ_BROKER_URL": ClientSettings().broker_url,
+            "PYTHONPATH": str(REPO),
+        }
+    )
     yield env
     purge_model(ClientSettings(), model_name, delete=True)
 
@@ -90,17 +96,20 @@ def client(fleet_env: dict[str, str], model_name: str) -> Iterator[Client]:
 
 
 @pytest.fixture(scope="session")
-def make_worker(fleet_env: dict[str, str], tiny_model: Path, model_name: str,
-                log_dir: Path) -> Iterator[object]:
+def make_worker(
+    fleet_env: dict[str, str], tiny_model: Path, model_name: str, log_dir: Path
+) -> Iterator[object]:
     """Factory: `make_worker(max_num_seqs=..., env={...})` starts a worker; all are stopped
     at the end of the session."""
     started: list[WorkerProcess] = []
 
-    def make(*, start: bool = True, env: dict[str, str] | None = None, **kwargs: object
-             ) -> WorkerProcess:
+    def make(
+        *, start: bool = True, env: dict[str, str] | None = None, **kwargs: object
+    ) -> WorkerProcess:
         kwargs.setdefault("model_name", model_name)
-        worker = WorkerProcess(model_path=tiny_model, env={**fleet_env, **(env or {})},
-                               log_dir=log_dir, **kwargs)  # type: ignore[arg-type]
+        worker = WorkerProcess(
+            model_path=tiny_model, env={**fleet_env, **(env or {})}, log_dir=log_dir, **kwargs
+        )  # type: ignore[arg-type]
         started.append(worker)
         return worker.start() if start else worker
 

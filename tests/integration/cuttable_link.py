@@ -117,7 +117,7 @@ class CuttableLink:
                 after = self._after
                 if after is not None and sent + len(data) >= after:
                     pair.held_at_down = pair.down_bytes
-                    pair.server.sendall(data[:max(0, after - sent)])
+                    pair.server.sendall(data[: max(0, after - sent)])
                     self._cut_inside(pair)
                     continue
                 pair.server.sendall(data)

@@ -25,9 +25,21 @@ from genq.settings import ClientSettings, GatewaySettings
 from producers.gateway.app import create_app
 from producers.gateway.keys import KeyStore
 
-__all__ = ["GatewayServer", "MakeGateway", "audit_path", "drop_queues", "error_of", "gateway",
-           "http", "idle_model", "keyed", "keys", "make_gateway", "new_tenant",
-           "queued_messages"]
+__all__ = [
+    "GatewayServer",
+    "MakeGateway",
+    "audit_path",
+    "drop_queues",
+    "error_of",
+    "gateway",
+    "http",
+    "idle_model",
+    "keyed",
+    "keys",
+    "make_gateway",
+    "new_tenant",
+    "queued_messages",
+]
 
 LEVELS = 10
 
@@ -39,8 +51,13 @@ class GatewayServer:
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
 
@@ -77,14 +94,18 @@ def audit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def make_gateway(fleet_env: dict[str, str], model_name: str, idle_model: str,
-                 audit_path: Path) -> Iterator[MakeGateway]:
+def make_gateway(
+    fleet_env: dict[str, str], model_name: str, idle_model: str, audit_path: Path
+) -> Iterator[MakeGateway]:
     """Factory: `make_gateway(**settings)` starts a gateway; all stop at the module's end."""
     started: list[GatewayServer] = []
 
     def make(**overrides: Any) -> GatewayServer:
-        fields: dict[str, Any] = {"models": [model_name, idle_model],
-                                  "audit_log": str(audit_path), **overrides}
+        fields: dict[str, Any] = {
+            "models": [model_name, idle_model],
+            "audit_log": str(audit_path),
+            **overrides,
+        }
         gateway = GatewayServer(GatewaySettings(**fields)).start()
         started.append(gateway)
         return gateway
@@ -122,8 +143,9 @@ def queued_messages(model: str) -> int:
         total = 0
         for level in range(LEVELS):
             try:
-                total += channel.queue_declare(names.level_queue(model, level),
-                                               passive=True).method.message_count
+                total += channel.queue_declare(
+                    names.level_queue(model, level), passive=True
+                ).method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 channel = conn.channel()
         return total

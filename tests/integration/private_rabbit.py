@@ -71,8 +71,7 @@ class PrivateRabbit:
         self._user = _broker_user()
         self._server: subprocess.Popen[bytes] | None = None
         config = base / "rabbitmq.conf"
-        config.write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-                          "loopback_users.guest = true\n")
+        config.write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users.guest = true\n")
         plugins = base / "enabled_plugins"
         plugins.write_text("[].\n")
         env_file = base / "rabbitmq-env.conf"  # empty: not the system node's NODENAME
@@ -109,25 +108,41 @@ class PrivateRabbit:
 
     def ctl(self, *args: str, timeout: float = _STOP_TIMEOUT) -> str:
         """Run `rabbitmqctl -n <this node> ARGS`; its output, or the test fails."""
-        done = subprocess.run(self._as_user([_tool("rabbitmqctl"), "-n", self.node, *args]),
-                              env=self.env, capture_output=True, timeout=timeout,
-                              cwd=self._base)
+        done = subprocess.run(
+            self._as_user([_tool("rabbitmqctl"), "-n", self.node, *args]),
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
+            cwd=self._base,
+        )
         if done.returncode != 0:
-            raise AssertionError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n"
-                                 f"{done.stdout.decode()}{done.stderr.decode()}")
+            raise AssertionError(
+                f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n"
+                f"{done.stdout.decode()}{done.stderr.decode()}"
+            )
         return done.stdout.decode()
 
     def start(self) -> PrivateRabbit:
         assert self._server is None or self._server.poll() is not None, "already running"
         log = (self._base / "log" / "server.out").open("ab")
-        self._server = subprocess.Popen(self._as_user([_tool("rabbitmq-server")]),
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self._base, start_new_session=True)
+        self._server = subprocess.Popen(
+            self._as_user([_tool("rabbitmq-server")]),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self._base,
+            start_new_session=True,
+        )
         log.close()
         try:
             # `wait` (unlike await_startup) also waits for the node to exist at all.
-            self.ctl("wait", str(self._base / "node.pid"), "--timeout", str(_BOOT_TIMEOUT),
-                     timeout=_BOOT_TIMEOUT + 30)
+            self.ctl(
+                "wait",
+                str(self._base / "node.pid"),
+                "--timeout",
+                str(_BOOT_TIMEOUT),
+                timeout=_BOOT_TIMEOUT + 30,
+            )
         except AssertionError as exc:
             self.kill()
             raise AssertionError(f"{exc}\nserver output:\n{self.tail()}") from None

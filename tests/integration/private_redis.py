@@ -33,18 +33,36 @@ class PrivateRedis:
         assert server, "redis-server is not installed (genq services start installs it)"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
-             "--save", "", "--logfile", str(self.directory / "redis.log")],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(self._answers, timeout=60, what="the private Redis to answer", interval=0.1)
         return self
 
     def _answers(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"redis-server exited with {self.proc.returncode}:\n"
-                                 f"{self.log_tail()}")
+            raise AssertionError(
+                f"redis-server exited with {self.proc.returncode}:\n{self.log_tail()}"
+            )
         r = redis.Redis.from_url(self.url, socket_timeout=2)
         try:
             return bool(r.ping())  # LOADING (replaying the AOF) raises: not ready yet
@@ -86,8 +104,11 @@ class PrivateRedis:
 
     def log_tail(self, lines: int = 20) -> str:
         log = self.directory / "redis.log"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) \
-            if log.exists() else "(no log)"
+        return (
+            "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            if log.exists()
+            else "(no log)"
+        )
 
 
 @pytest.fixture

@@ -50,8 +50,14 @@ def test_a_declared_model_without_workers_accepts_and_holds_jobs(
 
 
 def genq_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "genq.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "genq.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,7 +104,8 @@ def test_a_prompt_over_the_context_fails_alone_and_the_batch_finishes(
     ids = client.submit_many(
         [{"model": model_name, "prompt": f"short {i}", "max_tokens": 4} for i in range(5)]
         + [{"model": model_name, "prompt": long_prompt, "max_tokens": 4}]
-        + [{"model": model_name, "prompt": f"after {i}", "max_tokens": 4} for i in range(5)])
+        + [{"model": model_name, "prompt": f"after {i}", "max_tokens": 4} for i in range(5)]
+    )
     records = client.wait_many(ids, timeout=120)
     failed = records[5]
     assert failed.state is JobState.FAILED
@@ -116,8 +123,18 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
     real_id = client.submit("fine", model=model_name, priority=0, max_tokens=2)
     client.result(real_id, timeout=60)
     broken_id = uuid.uuid4().hex
-    client.store.create([{"id": broken_id, "state": "queued", "model": model_name,
-                          "priority": "1", "tenant": "t", "enqueued_at": "1.0"}])
+    client.store.create(
+        [
+            {
+                "id": broken_id,
+                "state": "queued",
+                "model": model_name,
+                "priority": "1",
+                "tenant": "t",
+                "enqueued_at": "1.0",
+            }
+        ]
+    )
     conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
     ch = conn.channel()
     ch.confirm_delivery()
@@ -127,8 +144,12 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
         ({"task": "someone.elses.task", "id": "x"}, b"[[], {}, {}]"),
     ]
     for headers, body in poison:
-        ch.basic_publish(names.EXCHANGE, names.level_routing_key(model_name, 1), body,
-                         pika.BasicProperties(headers=headers, delivery_mode=2))
+        ch.basic_publish(
+            names.EXCHANGE,
+            names.level_routing_key(model_name, 1),
+            body,
+            pika.BasicProperties(headers=headers, delivery_mode=2),
+        )
 
     dead = names.dead_queue(model_name)
     got = []
@@ -138,6 +159,7 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
         if method is not None:
             got.append((props.headers or {}, body))
         return len(got) >= 3
+
     wait_for(three_dead, timeout=60, what="three dead-lettered messages")
     conn.close()
     reasons = [h.get("x-genq-reason", "") for h, _ in got]
@@ -145,12 +167,14 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
     assert any("body" in r for r in reasons) and any("headers.task" in r for r in reasons)
     assert sorted(b for _, b in got) == sorted(b for _, b in poison)
 
-    broken = wait_for(lambda: (r := client.status(broken_id)).done and r, timeout=30,
-                      what="the broken job's record to fail")
+    broken = wait_for(
+        lambda: (r := client.status(broken_id)).done and r,
+        timeout=30,
+        what="the broken job's record to fail",
+    )
     assert broken.state is JobState.FAILED and "malformed" in (broken.error or "")
     # The worker kept going.
-    after = client.result(client.submit("still alive?", model=model_name, max_tokens=2),
-                          timeout=60)
+    after = client.result(client.submit("still alive?", model=model_name, max_tokens=2), timeout=60)
     assert after.state is JobState.SUCCEEDED
 
 
@@ -159,25 +183,33 @@ def test_dead_letters_can_be_listed_and_a_failed_job_requeued(
 ) -> None:
     from producers.dead import list_dead, requeue_dead
 
-    job_id = client.submit("needs another go", model=model_name, max_tokens=3,
-                           ignore_eos=True)
+    job_id = client.submit("needs another go", model=model_name, max_tokens=3, ignore_eos=True)
     client.result(job_id, timeout=60)
     # Fail it and dead-letter a copy, as the worker does after its last attempt.
-    client.store.redis.hset(names.job_key(job_id), mapping={"state": "failed",
-                                                          "error": "boom"})
+    client.store.redis.hset(names.job_key(job_id), mapping={"state": "failed", "error": "boom"})
     message = client.store.task_message(job_id)
     from genq.protocol import encode_task
-    headers, body = encode_task(message.spec, job_id=job_id, enqueued_at=message.enqueued_at,
-                                deadline_at=None, attempts=3)
+
+    headers, body = encode_task(
+        message.spec, job_id=job_id, enqueued_at=message.enqueued_at, deadline_at=None, attempts=3
+    )
     conn = pika.BlockingConnection(pika.URLParameters(client.settings.broker_url))
     ch = conn.channel()
-    ch.basic_publish(names.DEAD_EXCHANGE, names.dead_routing_key(model_name), body,
-                     pika.BasicProperties(headers={**headers, "x-genq-reason": "boom",
-                                                   "x-genq-attempts": 3}, delivery_mode=2))
+    ch.basic_publish(
+        names.DEAD_EXCHANGE,
+        names.dead_routing_key(model_name),
+        body,
+        pika.BasicProperties(
+            headers={**headers, "x-genq-reason": "boom", "x-genq-attempts": 3}, delivery_mode=2
+        ),
+    )
     conn.close()
 
-    listed = wait_for(lambda: [d for d in list_dead(client, model_name) if d.job_id == job_id],
-                      timeout=10, what="the dead letter")
+    listed = wait_for(
+        lambda: [d for d in list_dead(client, model_name) if d.job_id == job_id],
+        timeout=10,
+        what="the dead letter",
+    )
     assert listed[0].reason == "boom" and listed[0].attempts == 3
     done = genq_cli("dead", "list", "--model", model_name, env=fleet_env)
     assert done.returncode == 0 and job_id in done.stdout

@@ -12,17 +12,28 @@ from pathlib import Path
 from genq.local import wait_for
 from tests.integration.conftest import REPO
 
-FIELDS = ("engine_tokens_per_s", "fleet_tokens_per_s", "naive_tokens_per_s",
-          "fleet_over_engine", "fleet_over_naive", "occupancy", "workload")
+FIELDS = (
+    "engine_tokens_per_s",
+    "fleet_tokens_per_s",
+    "naive_tokens_per_s",
+    "fleet_over_engine",
+    "fleet_over_naive",
+    "occupancy",
+    "workload",
+)
 
 
 def test_bench_quick_writes_every_field_with_sane_values(
     services_up: None, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "genq.cli", "bench", "--quick",
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-m", "genq.cli", "bench", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     for field in FIELDS:
@@ -48,9 +59,24 @@ def test_bench_priority_quick_favours_the_top_level_under_overload(
     services_up: None, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "priority.json"
-    done = subprocess.run([sys.executable, "-m", "genq.cli", "bench", "--priority", "--quick",
-                           "--seconds", "6", "--json", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genq.cli",
+            "bench",
+            "--priority",
+            "--quick",
+            "--seconds",
+            "6",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["failed"] == 0 and result["jobs"] > 0
@@ -93,9 +119,14 @@ def test_a_stopped_bench_leaves_no_engine_running(
 ) -> None:
     """SIGTERM mid-run (a CI timeout, `kill`): the engine-limit process, the worker and
     their engine processes are stopped with the bench, not left holding the cores."""
-    bench = subprocess.Popen([sys.executable, "-m", "genq.cli", "bench", "--quick"], cwd=REPO,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "genq.cli", "bench", "--quick"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert bench.stdout is not None
         for line in bench.stdout:  # both contenders are up once the first pair has run
@@ -107,8 +138,11 @@ def test_a_stopped_bench_leaves_no_engine_running(
         assert len(started) >= 4, started  # engine limit and worker, each with an engine
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=300) == 128 + signal.SIGTERM
-        wait_for(lambda: not any(_alive(pid) for pid in started), timeout=60,
-                 what="the bench's processes to stop")
+        wait_for(
+            lambda: not any(_alive(pid) for pid in started),
+            timeout=60,
+            what="the bench's processes to stop",
+        )
     finally:
         if bench.poll() is None:
             bench.kill()

@@ -19,9 +19,14 @@ def test_bench_serve_quick_completes_every_request_on_both_sides(
     services_up: None, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "serve.json"
-    done = subprocess.run([sys.executable, "-m", "genq.cli", "bench", "--serve", "--quick",
-                           "--json", str(out)], check=False, cwd=REPO, capture_output=True,
-                          text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-m", "genq.cli", "bench", "--serve", "--quick", "--json", str(out)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     workload = result["workload"]
@@ -42,5 +47,6 @@ def test_bench_serve_quick_completes_every_request_on_both_sides(
     assert (polls["long_polls"], polls["ended"], polls["failed"]) == (200, 200, 0), polls
     assert result["burst"]["accepted"] == 64 and result["burst"]["seconds"] > 0
     assert result["genq_over_vllm"] == pytest.approx(
-        result["genq"]["output_throughput"] / result["vllm"]["output_throughput"])
+        result["genq"]["output_throughput"] / result["vllm"]["output_throughput"]
+    )
     assert "genq / vLLM output throughput" in done.stdout

@@ -37,20 +37,33 @@ CUT_AFTER_BYTES = 200_000
 IMPATIENT = 3.0
 
 
-def requests(model: str, count: int, *, tag: str, keyed: bool = False,
-             max_tokens: int = 8) -> list[dict[str, Any]]:
+def requests(
+    model: str, count: int, *, tag: str, keyed: bool = False, max_tokens: int = 8
+) -> list[dict[str, Any]]:
     run = uuid.uuid4().hex[:6]
-    return [{"model": model, "prompt": f"{tag} {i}", "priority": i % 10,
-             "max_tokens": max_tokens, "ignore_eos": True,
-             **({"idempotency_key": f"{tag}-{run}-{i}"} if keyed else {})}
-            for i in range(count)]
+    return [
+        {
+            "model": model,
+            "prompt": f"{tag} {i}",
+            "priority": i % 10,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            **({"idempotency_key": f"{tag}-{run}-{i}"} if keyed else {}),
+        }
+        for i in range(count)
+    ]
 
 
 def check_audit(client: Client, ids: list[str], records: list[JobRecord]) -> None:
     line = audit(client.settings.redis_url, client.settings, ids, records)
     print(line)
-    assert line.counts() == {"accepted": len(ids), "succeeded": len(ids), "failed": 0,
-                             "lost": 0, "duplicated": 0}
+    assert line.counts() == {
+        "accepted": len(ids),
+        "succeeded": len(ids),
+        "failed": 0,
+        "lost": 0,
+        "duplicated": 0,
+    }
     # Nothing in these scenarios calls for a second run: no worker died, no lease expired.
     assert [r.id for r in records if r.attempts != 1] == []
 
@@ -61,10 +74,12 @@ def model() -> str:
 
 
 @pytest.fixture(scope="module")
-def broker_worker(make_worker: Any, private_rabbit: PrivateRabbit,
-                  model: str) -> Iterator[WorkerProcess]:
-    worker: WorkerProcess = make_worker(model_name=model, max_num_seqs=16, name="brk",
-                                        env={"GENQ_BROKER_URL": private_rabbit.url})
+def broker_worker(
+    make_worker: Any, private_rabbit: PrivateRabbit, model: str
+) -> Iterator[WorkerProcess]:
+    worker: WorkerProcess = make_worker(
+        model_name=model, max_num_seqs=16, name="brk", env={"GENQ_BROKER_URL": private_rabbit.url}
+    )
     yield worker
     worker.stop()
 
@@ -92,7 +107,8 @@ def dead_lettered_ids(url: str, model: str) -> set[str]:
 
 
 def test_a_dropped_producer_connection_is_ridden_out(
-        broker_worker: WorkerProcess, link: CuttableLink, model: str) -> None:
+    broker_worker: WorkerProcess, link: CuttableLink, model: str
+) -> None:
     """Cut once mid-batch: the publisher republishes what was not confirmed on a new
     connection, and `submit_many` returns every ID, each of which runs once."""
     link.arm(after_bytes=CUT_AFTER_BYTES)
@@ -109,8 +125,8 @@ def test_a_dropped_producer_connection_is_ridden_out(
 
 
 def test_a_producer_cut_off_raises_for_exactly_the_unconfirmed_jobs(
-        broker_worker: WorkerProcess, link: CuttableLink, model: str,
-        private_rabbit: PrivateRabbit) -> None:
+    broker_worker: WorkerProcess, link: CuttableLink, model: str, private_rabbit: PrivateRabbit
+) -> None:
     """Cut mid-batch and stay unreachable past the publish timeout: `submit_many` raises,
     naming what was accepted (it runs) and what was not (no trace; retry it). A retry of
     the rest completes, and a retry of the whole batch with its idempotency keys creates
@@ -143,7 +159,8 @@ def test_a_producer_cut_off_raises_for_exactly_the_unconfirmed_jobs(
 
 
 def test_a_deleted_queue_is_declared_and_consumed_again(
-        broker_worker: WorkerProcess, private_rabbit: PrivateRabbit, model: str) -> None:
+    broker_worker: WorkerProcess, private_rabbit: PrivateRabbit, model: str
+) -> None:
     """An operator deletes a level's queue under a running fleet: the broker cancels the
     worker's consumer, and the producer's cached "declared" is stale. The worker starts
     over (declares, consumes again); the producer's message comes back unroutable unless
@@ -155,26 +172,30 @@ def test_a_deleted_queue_is_declared_and_consumed_again(
         conn = pika.BlockingConnection(pika.URLParameters(private_rabbit.url))
         conn.channel().queue_delete(names.level_queue(model, level))
         conn.close()
-        ids = client.submit_many([{**r, "priority": level}
-                                  for r in requests(model, 20, tag="redeclared")])
+        ids = client.submit_many(
+            [{**r, "priority": level} for r in requests(model, 20, tag="redeclared")]
+        )
         records = client.wait_many(ids, timeout=120)
         check_audit(client, ids, records)
 
 
 def test_broker_restart_mid_run_loses_nothing(
-        broker_worker: WorkerProcess, private_rabbit: PrivateRabbit, model: str) -> None:
+    broker_worker: WorkerProcess, private_rabbit: PrivateRabbit, model: str
+) -> None:
     """Restart RabbitMQ (stop, start on the same data) while the worker runs jobs and
     hundreds wait in the queues: the worker and the client reconnect by themselves, the
     queued jobs survive, and every job runs once."""
     with Client(models=[model], broker_url=private_rabbit.url) as client:
         # Long jobs (near the 512-token context), so that many still wait in the queues
         # after `rabbitmqctl stop` (seconds, more on a busy machine) has done its work.
-        first = client.submit_many(requests(model, RESTART_JOBS - 50, tag="restart",
-                                            max_tokens=480))
+        first = client.submit_many(
+            requests(model, RESTART_JOBS - 50, tag="restart", max_tokens=480)
+        )
 
         def mid_run() -> Counter[JobState]:
             states = Counter(r.state for r in client.status_many(first))
             return states if states[JobState.RUNNING] >= 2 else Counter()
+
         at_restart = wait_for(mid_run, timeout=300, what="the worker to be mid-run")
         assert at_restart[JobState.QUEUED] > 0, "no job waited in the broker: no damage done"
 
@@ -186,8 +207,10 @@ def test_broker_restart_mid_run_loses_nothing(
         # worker's unacked window went back to the queues when its connection closed).
         after_stop = client.status_many(first)
         on_disk = {r.id for r in after_stop if r.state is JobState.QUEUED}
-        print(f"broker down after {down_at - stop_at:.1f} s; then: "
-              f"{dict(Counter(r.state.value for r in after_stop))}")
+        print(
+            f"broker down after {down_at - stop_at:.1f} s; then: "
+            f"{dict(Counter(r.state.value for r in after_stop))}"
+        )
         assert on_disk, "the queues were empty when the broker went down: no damage done"
         private_rabbit.start()
         # The same client: its connection died with the broker.
@@ -198,8 +221,9 @@ def test_broker_restart_mid_run_loses_nothing(
 
     # They survived the restart, and the worker consumed them once it was back.
     assert all((r.started_at or 0) > down_at for r in records if r.id in on_disk)
-    assert broker_worker.proc is not None and broker_worker.proc.poll() is None, \
+    assert broker_worker.proc is not None and broker_worker.proc.poll() is None, (
         "the worker exited instead of reconnecting"
+    )
     log = broker_worker.log_path.read_text(errors="replace")
     assert re.search(r"broker connected \(epoch [2-9]", log), "the worker never reconnected"
     # An ack of a delivery from the dead connection, sent on the new one, would close the

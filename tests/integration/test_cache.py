@@ -62,11 +62,17 @@ def _unique(prefix: str) -> str:
 
 # -- with the worker ------------------------------------------------------------------------
 
+
 def test_a_cache_hit_returns_the_same_result_without_reaching_the_engine(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
-    request = {"model": model_name, "prompt": _unique("hit"), "max_tokens": 8,
-               "temperature": 0.0, "ignore_eos": True}
+    request = {
+        "model": model_name,
+        "prompt": _unique("hit"),
+        "max_tokens": 8,
+        "temperature": 0.0,
+        "ignore_eos": True,
+    }
     first = client.result(client.submit(**request), timeout=120)
     assert first.state is JobState.SUCCEEDED, first.error
     assert not first.cached and first.attempts == 1
@@ -74,12 +80,16 @@ def test_a_cache_hit_returns_the_same_result_without_reaching_the_engine(
     stats = client.cache_stats()
 
     # Priority, tenant, deadline and idempotency key are not part of the request's identity.
-    job_id = client.submit(**request, priority=9, tenant="someone-else", deadline=600,
-                           idempotency_key=uuid.uuid4().hex)
+    job_id = client.submit(
+        **request, priority=9, tenant="someone-else", deadline=600, idempotency_key=uuid.uuid4().hex
+    )
     second = client.status(job_id)  # answered at submit: no waiting
     assert second.state is JobState.SUCCEEDED and second.cached
-    assert (second.text, second.usage, second.finish_reason) == \
-        (first.text, first.usage, first.finish_reason)
+    assert (second.text, second.usage, second.finish_reason) == (
+        first.text,
+        first.usage,
+        first.finish_reason,
+    )
     assert second.attempts == 0 and second.started_at is None and second.worker is None
     assert second.priority == 9 and second.tenant == "someone-else"
     assert AsyncResult(job_id, app=_celery(client)).get(timeout=10)["text"] == first.text
@@ -92,8 +102,14 @@ def test_identical_requests_in_flight_share_one_execution(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
     # Sampled, with a fixed seed: deterministic too.
-    request = {"model": model_name, "prompt": _unique("flight"), "max_tokens": 48,
-               "temperature": 0.9, "seed": 1234, "ignore_eos": True}
+    request = {
+        "model": model_name,
+        "prompt": _unique("flight"),
+        "max_tokens": 48,
+        "temperature": 0.9,
+        "seed": 1234,
+        "ignore_eos": True,
+    }
     admitted = _admitted(worker)
     # Followers as urgent as the leader or less (a more urgent one would not wait behind it).
     batch = client.submit_many([{**request, "priority": 2 - p % 3} for p in range(8)])
@@ -116,22 +132,29 @@ def test_identical_requests_in_flight_share_one_execution(
 def test_cache_false_runs_again_and_shares_no_flight(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
-    request = {"model": model_name, "prompt": _unique("opt-out"), "max_tokens": 4,
-               "temperature": 0.0}
+    request = {
+        "model": model_name,
+        "prompt": _unique("opt-out"),
+        "max_tokens": 4,
+        "temperature": 0.0,
+    }
     first = client.result(client.submit(**request), timeout=120)
     assert first.state is JobState.SUCCEEDED and not first.cached
     admitted = _admitted(worker)
     again = client.wait_many(client.submit_many([{**request, "cache": False}] * 2), timeout=120)
-    assert all(r.state is JobState.SUCCEEDED and not r.cached and r.attempts == 1
-               for r in again)
+    assert all(r.state is JobState.SUCCEEDED and not r.cached and r.attempts == 1 for r in again)
     assert _admitted(worker) == admitted + 2
 
 
 def test_sampled_requests_without_a_seed_are_never_cached(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
-    request = {"model": model_name, "prompt": _unique("sampled"), "max_tokens": 4,
-               "temperature": 0.8}
+    request = {
+        "model": model_name,
+        "prompt": _unique("sampled"),
+        "max_tokens": 4,
+        "temperature": 0.8,
+    }
     admitted = _admitted(worker)
     ids = client.submit_many([request] * 2)
     client.wait_many(ids, timeout=120)
@@ -147,8 +170,13 @@ def test_sampled_requests_without_a_seed_are_never_cached(
 def test_followers_of_a_leader_that_expired_get_a_result_from_one_of_them(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
-    request = {"model": model_name, "prompt": _unique("expired leader"), "max_tokens": 8,
-               "temperature": 0.0, "ignore_eos": True}
+    request = {
+        "model": model_name,
+        "prompt": _unique("expired leader"),
+        "max_tokens": 8,
+        "temperature": 0.0,
+        "ignore_eos": True,
+    }
     admitted = _admitted(worker)
     # The leader's deadline (a Unix time) has passed: the worker expires it unstarted.
     ids = client.submit_many([{**request, "deadline": time.time() - 1}, request, request])
@@ -164,29 +192,50 @@ def test_followers_of_a_leader_that_expired_get_a_result_from_one_of_them(
 def test_cancelling_a_running_leader_leaves_its_followers_a_result(
     worker: WorkerProcess, client: Client, model_name: str
 ) -> None:
-    request = {"model": model_name, "prompt": _unique("cancelled leader"), "max_tokens": 400,
-               "temperature": 0.0, "ignore_eos": True}
+    request = {
+        "model": model_name,
+        "prompt": _unique("cancelled leader"),
+        "max_tokens": 400,
+        "temperature": 0.0,
+        "ignore_eos": True,
+    }
     # A full batch slows every step, so the leader is still running when it is cancelled.
-    blockers = client.submit_many([
-        {"model": model_name, "prompt": f"busy {i}", "max_tokens": 400, "ignore_eos": True,
-         "temperature": 0.8} for i in range(15)])
+    blockers = client.submit_many(
+        [
+            {
+                "model": model_name,
+                "prompt": f"busy {i}",
+                "max_tokens": 400,
+                "ignore_eos": True,
+                "temperature": 0.8,
+            }
+            for i in range(15)
+        ]
+    )
     leader, first, second = client.submit_many([request] * 3)
-    wait_for(lambda: client.status(leader).state is JobState.RUNNING, timeout=120,
-             what="the leader to run")
+    wait_for(
+        lambda: client.status(leader).state is JobState.RUNNING,
+        timeout=120,
+        what="the leader to run",
+    )
     assert client.cancel(first) == "cancelled"  # a follower: only itself
     assert client.status(leader).state is JobState.RUNNING
     assert client.cancel(leader) == "cancelling"
     for job_id in blockers:
         client.cancel(job_id)
     records = client.wait_many([leader, first, second], timeout=300)
-    assert [r.state for r in records] == [JobState.CANCELLED, JobState.CANCELLED,
-                                          JobState.SUCCEEDED]
+    assert [r.state for r in records] == [
+        JobState.CANCELLED,
+        JobState.CANCELLED,
+        JobState.SUCCEEDED,
+    ]
     assert not records[2].cached and records[2].attempts == 1  # it ran in the leader's place
     assert records[2].usage is not None and records[2].usage.completion_tokens == 400
     client.wait_many(blockers, timeout=120)
 
 
 # -- the store's rules, with a model no worker serves (its jobs stay queued) ---------------
+
 
 @pytest.fixture
 def idle(services_up: None) -> Iterator[tuple[Client, str]]:
@@ -224,23 +273,31 @@ def _raw(job_id: str) -> dict[str, str]:
 
 def _finish(job_id: str, state: JobState, **kwargs: Any) -> str:
     async def run() -> str:
-        ledger = Ledger(ClientSettings().redis_url, ClientSettings(), job_ttl=600, lease_seconds=30,
-                        worker="test")
+        ledger = Ledger(
+            ClientSettings().redis_url,
+            ClientSettings(),
+            job_ttl=600,
+            lease_seconds=30,
+            worker="test",
+        )
         try:
             return await ledger.finish(job_id, state, **kwargs)
         finally:
             await ledger.close()
+
     return asyncio.run(run())
 
 
 def _result(text: str) -> dict[str, Any]:
-    return {"text": text, "finish_reason": "length", "model": "m",
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    return {
+        "text": text,
+        "finish_reason": "length",
+        "model": "m",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
 
 
-def test_a_cancelled_queued_leader_hands_its_flight_to_a_follower(
-    idle: tuple[Client, str]
-) -> None:
+def test_a_cancelled_queued_leader_hands_its_flight_to_a_follower(idle: tuple[Client, str]) -> None:
     client, model = idle
     request = {"model": model, "prompt": _unique("queued leader"), "temperature": 0.0}
     leader, first, second = client.submit_many([request] * 3)
@@ -282,7 +339,7 @@ def test_followers_share_a_leaders_failure(idle: tuple[Client, str]) -> None:
 
 
 def test_a_leader_expiring_in_the_worker_promotes_a_follower_under_an_expired_lease(
-    idle: tuple[Client, str]
+    idle: tuple[Client, str],
 ) -> None:
     client, model = idle
     request = {"model": model, "prompt": _unique("expiring"), "temperature": 0.0}
@@ -296,7 +353,7 @@ def test_a_leader_expiring_in_the_worker_promotes_a_follower_under_an_expired_le
 
 
 def test_a_more_urgent_request_does_not_wait_behind_a_queued_leader(
-    idle: tuple[Client, str]
+    idle: tuple[Client, str],
 ) -> None:
     client, model = idle
     request = {"model": model, "prompt": _unique("urgency"), "temperature": 0.0}
@@ -312,8 +369,9 @@ def test_a_more_urgent_request_does_not_wait_behind_a_queued_leader(
 def test_a_lost_publish_leaves_no_flight_behind(services_up: None) -> None:
     model = f"idle-{uuid.uuid4().hex[:8]}"
     request = {"model": model, "prompt": _unique("lost"), "temperature": 0.0}
-    with Client(models=[model], broker_url="amqp://guest:guest@127.0.0.1:1/%2F",
-                publish_timeout=1) as broken:
+    with Client(
+        models=[model], broker_url="amqp://guest:guest@127.0.0.1:1/%2F", publish_timeout=1
+    ) as broken:
         with pytest.raises(PublishError) as info:
             broken.submit_many([request] * 2)
         assert info.value.accepted == []  # type: ignore[attr-defined]
@@ -331,10 +389,12 @@ def test_the_prefix_cache_hits_on_a_repeated_prompt_and_the_worker_reports_it(
     # as a result (sampled, no seed) so both requests reach the engine.
     prompt = _unique("prefix") + " " + " ".join(f"word{i}" for i in range(120))
     before = _stats(worker)
-    first = client.result(client.submit(prompt, model=model_name, max_tokens=2,
-                                        temperature=1.0), timeout=60)
-    second = client.result(client.submit(prompt, model=model_name, max_tokens=2,
-                                         temperature=1.0), timeout=60)
+    first = client.result(
+        client.submit(prompt, model=model_name, max_tokens=2, temperature=1.0), timeout=60
+    )
+    second = client.result(
+        client.submit(prompt, model=model_name, max_tokens=2, temperature=1.0), timeout=60
+    )
     after = _stats(worker)
     assert first.usage is not None and second.usage is not None
     queried = int(after["prefix_queries"]) - int(before["prefix_queries"])

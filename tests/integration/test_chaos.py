@@ -21,15 +21,30 @@ EXIT_ENGINE_DEAD = 70  # workers/app.py
 
 
 def genq_chaos(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "genq.cli", "chaos", *args], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "genq.cli", "chaos", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_chaos_malformed_dead_letters_them_and_loses_nothing(
     worker: WorkerProcess, fleet_env: dict[str, str], model_name: str
 ) -> None:
-    done = genq_chaos("--scenario", "malformed", "--model", model_name, "--jobs", "300",
-                      "--max-tokens", "4", env=fleet_env)
+    done = genq_chaos(
+        "--scenario",
+        "malformed",
+        "--model",
+        model_name,
+        "--jobs",
+        "300",
+        "--max-tokens",
+        "4",
+        env=fleet_env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert "published 4 malformed messages" in done.stdout
@@ -38,12 +53,14 @@ def test_chaos_malformed_dead_letters_them_and_loses_nothing(
     assert worker.proc is not None and worker.proc.poll() is None, "the worker died of it"
 
 
-def test_chaos_refuses_a_scenario_it_does_not_know(fleet_env: dict[str, str],
-                                                  model_name: str) -> None:
+def test_chaos_refuses_a_scenario_it_does_not_know(
+    fleet_env: dict[str, str], model_name: str
+) -> None:
     done = genq_chaos("--scenario", "meteor", "--model", model_name, env=fleet_env)
     assert done.returncode == 1
-    assert "scenario: 'meteor' is not one of kill, engine, sigterm, poison, malformed" \
-        in done.stderr
+    assert (
+        "scenario: 'meteor' is not one of kill, engine, sigterm, poison, malformed" in done.stderr
+    )
     assert "Traceback" not in done.stderr
 
 
@@ -54,13 +71,29 @@ def test_chaos_engine_kills_an_engine_and_restarts_the_worker(
     env = {**fleet_env, "GENQ_MODELS": model, "GENQ_LEASE_SECONDS": "3"}
     victim = make_worker(model_name=model, max_num_seqs=8, env=env, name="chaos-victim")
     # What --restart-cmd runs: a worker the test can find afterwards by its name.
-    spare = WorkerProcess(model_path=tiny_model, model_name=model, env=env, log_dir=log_dir,
-                          max_num_seqs=8, name="chaos-spare")
+    spare = WorkerProcess(
+        model_path=tiny_model,
+        model_name=model,
+        env=env,
+        log_dir=log_dir,
+        max_num_seqs=8,
+        name="chaos-spare",
+    )
     client = Client(models=[model])
     try:
-        done = genq_chaos("--scenario", "engine", "--model", model, "--jobs", "300",
-                          "--max-tokens", "16", "--restart-cmd", shlex.join(spare.args),
-                          env=env)
+        done = genq_chaos(
+            "--scenario",
+            "engine",
+            "--model",
+            model,
+            "--jobs",
+            "300",
+            "--max-tokens",
+            "16",
+            "--restart-cmd",
+            shlex.join(spare.args),
+            env=env,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert victim.proc is not None and victim.proc.wait(60) == EXIT_ENGINE_DEAD
         lines = done.stdout.strip().splitlines()
@@ -71,8 +104,11 @@ def test_chaos_engine_kills_an_engine_and_restarts_the_worker(
         # The restarted worker belongs to no fixture: stop it (and its engine) by its name.
         for pid in pids_mentioning(spare.hostname):
             os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not pids_mentioning(spare.hostname), timeout=120,
-                 what="the restarted worker to stop")
+        wait_for(
+            lambda: not pids_mentioning(spare.hostname),
+            timeout=120,
+            what="the restarted worker to stop",
+        )
         purge_model(client.settings, model, delete=True)
         client.close()
 

@@ -45,7 +45,12 @@ def test_the_plugin_is_registered_with_vllm() -> None:
 def test_a_two_token_first_prompt_runs(tiny_model: Path, tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(_PROBE)
-    done = subprocess.run([sys.executable, str(probe), str(tiny_model)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(probe), str(tiny_model)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
     assert "generated 2 2" in done.stdout  # BOS + "x"; two tokens out

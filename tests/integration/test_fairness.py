@@ -41,12 +41,32 @@ def test_a_flooding_tenant_does_not_hold_back_another_tenants_jobs(make_worker: 
     client = Client(models=[model], policy="fair", fair_quantum=QUANTUM)
     try:
         # Queued while no worker serves the model: tenant a's flood first, then tenant b.
-        flood = client.submit_many([
-            {"model": model, "prompt": f"a {i}", "priority": 5, "max_tokens": 8,
-             "ignore_eos": True, "tenant": "a"} for i in range(120)])
-        light = client.submit_many([
-            {"model": model, "prompt": f"b {i}", "priority": 5, "max_tokens": 8,
-             "ignore_eos": True, "tenant": "b"} for i in range(6)])
+        flood = client.submit_many(
+            [
+                {
+                    "model": model,
+                    "prompt": f"a {i}",
+                    "priority": 5,
+                    "max_tokens": 8,
+                    "ignore_eos": True,
+                    "tenant": "a",
+                }
+                for i in range(120)
+            ]
+        )
+        light = client.submit_many(
+            [
+                {
+                    "model": model,
+                    "prompt": f"b {i}",
+                    "priority": 5,
+                    "max_tokens": 8,
+                    "ignore_eos": True,
+                    "tenant": "b",
+                }
+                for i in range(6)
+            ]
+        )
         worker = make_worker(model_name=model, max_num_seqs=2, env=FAIR_ENV, name="fair")
         records = client.wait_many([*flood, *light], timeout=300)
         worker.stop()
@@ -56,8 +76,11 @@ def test_a_flooding_tenant_does_not_hold_back_another_tenants_jobs(make_worker: 
     by_id = {r.id: r for r in records}
     flood_starts = sorted(by_id[i].started_at or 0.0 for i in flood)
     light_starts = [by_id[i].started_at or 0.0 for i in light]
-    print("tenant b's jobs started after", [sum(1 for s in flood_starts if s < t)
-                                            for t in light_starts], "of tenant a's 120")
+    print(
+        "tenant b's jobs started after",
+        [sum(1 for s in flood_starts if s < t) for t in light_starts],
+        "of tenant a's 120",
+    )
     # In one FIFO queue they would start after all 120. With turns they queue behind the
     # flood's first few (those charged under a quantum), and the worker's counters put them
     # before the flood's jobs it holds.

@@ -28,15 +28,26 @@ def batch_file(lines: list[dict[str, Any]]) -> bytes:
 
 
 def chat_line(custom_id: str, model: str, text: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": text}],
-                     "max_tokens": 3, **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 3,
+            **body,
+        },
+    }
 
 
 def wait_for_batch(client: openai.OpenAI, batch_id: str, *statuses: str) -> Any:
-    return wait_for(lambda: (b := client.batches.retrieve(batch_id)).status in statuses and b,
-                    timeout=120, what=f"batch {batch_id} to be {' or '.join(statuses)}",
-                    interval=0.3)
+    return wait_for(
+        lambda: (b := client.batches.retrieve(batch_id)).status in statuses and b,
+        timeout=120,
+        what=f"batch {batch_id} to be {' or '.join(statuses)}",
+        interval=0.3,
+    )
 
 
 def lines_of(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
@@ -50,21 +61,27 @@ def batch_gateway(make_gateway: MakeGateway, worker: WorkerProcess) -> GatewaySe
     return make_gateway(batch_priority=1, default_priority=5)
 
 
-def test_batch_of_chat_requests_end_to_end(batch_gateway: GatewayServer,
-                                           model_name: str) -> None:
+def test_batch_of_chat_requests_end_to_end(batch_gateway: GatewayServer, model_name: str) -> None:
     client = batch_gateway.openai()
     lines = [chat_line(f"req-{i}", model_name, f"hello {i}", ignore_eos=True) for i in range(4)]
     upload = client.files.create(file=("in.jsonl", batch_file(lines)), purpose="batch")
     assert upload.purpose == "batch" and upload.bytes == len(batch_file(lines))
     assert client.files.content(upload.id).text == batch_file(lines).decode()
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"run": "ci"})
+    batch = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": "ci"},
+    )
     assert batch.status == "in_progress" and batch.metadata == {"run": "ci"}
     done = wait_for_batch(client, batch.id, "completed", "failed")
     assert done.status == "completed", done
     assert done.request_counts is not None
-    assert (done.request_counts.total, done.request_counts.completed,
-            done.request_counts.failed) == (4, 4, 0)
+    assert (
+        done.request_counts.total,
+        done.request_counts.completed,
+        done.request_counts.failed,
+    ) == (4, 4, 0)
     assert done.error_file_id is None and done.completed_at is not None
     output = lines_of(client, done.output_file_id)
     assert set(output) == {f"req-{i}" for i in range(4)}
@@ -89,32 +106,50 @@ def test_batch_of_completions_with_a_request_the_engine_refuses(
 ) -> None:
     client = batch_gateway.openai()
     too_long = " ".join(f"word{i}" for i in range(2000))
-    lines = [{"custom_id": cid, "method": "POST", "url": "/v1/completions",
-              "body": {"model": model_name, "prompt": prompt, "max_tokens": 2}}
-             for cid, prompt in (("fine", "Once upon"), ("long", too_long))]
+    lines = [
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": model_name, "prompt": prompt, "max_tokens": 2},
+        }
+        for cid, prompt in (("fine", "Once upon"), ("long", too_long))
+    ]
     upload = client.files.create(file=("c.jsonl", batch_file(lines)), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/completions",
-                                  completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+    )
     done = wait_for_batch(client, batch.id, "completed", "failed")
     assert done.status == "completed"
     assert done.request_counts is not None and done.request_counts.failed == 1
-    assert lines_of(client, done.output_file_id)["fine"]["response"]["body"]["object"] \
+    assert (
+        lines_of(client, done.output_file_id)["fine"]["response"]["body"]["object"]
         == "text_completion"
+    )
     error = lines_of(client, done.error_file_id)["long"]
     assert error["response"]["status_code"] == 422
     assert "rejected by the engine" in error["response"]["body"]["error"]["message"]
 
 
-def test_a_batch_with_bad_lines_fails_naming_each_line(batch_gateway: GatewayServer,
-                                                       model_name: str) -> None:
+def test_a_batch_with_bad_lines_fails_naming_each_line(
+    batch_gateway: GatewayServer, model_name: str
+) -> None:
     client = batch_gateway.openai()
-    content = batch_file([chat_line("ok", model_name, "hi"),
-                          chat_line("ok", model_name, "again"),  # custom_id used twice
-                          chat_line("x", "no-such-model", "hi"),
-                          chat_line("y", model_name, "hi", max_tokens=0)]) + b"{not json\n"
+    content = (
+        batch_file(
+            [
+                chat_line("ok", model_name, "hi"),
+                chat_line("ok", model_name, "again"),  # custom_id used twice
+                chat_line("x", "no-such-model", "hi"),
+                chat_line("y", model_name, "hi", max_tokens=0),
+            ]
+        )
+        + b"{not json\n"
+    )
     upload = client.files.create(file=("bad.jsonl", content), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert batch.status == "failed"
     assert batch.errors is not None and batch.errors.data is not None
     by_line = {e.line: e for e in batch.errors.data}
@@ -124,22 +159,28 @@ def test_a_batch_with_bad_lines_fails_naming_each_line(batch_gateway: GatewaySer
     assert "max_tokens: 0 is outside" in (by_line[4].message or "")
     assert by_line[5].code == "invalid_json_line"
     with pytest.raises(openai.UnprocessableEntityError, match="endpoint"):
-        client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings",
-                              completion_window="24h")
+        client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
     with pytest.raises(openai.UnprocessableEntityError, match="completion_window"):
-        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                              completion_window="soon")  # type: ignore[arg-type]
+        client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="soon"
+        )  # type: ignore[arg-type]
     with pytest.raises(openai.NotFoundError):
-        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
-                              completion_window="24h")
+        client.batches.create(
+            input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+        )
 
 
 def test_cancel_a_batch(batch_gateway: GatewayServer, idle_model: str) -> None:
     client = batch_gateway.openai()
-    upload = client.files.create(file=("q.jsonl", batch_file(
-        [chat_line(f"q{i}", idle_model, "wait") for i in range(3)])), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    upload = client.files.create(
+        file=("q.jsonl", batch_file([chat_line(f"q{i}", idle_model, "wait") for i in range(3)])),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     counts = client.batches.retrieve(batch.id).request_counts
     assert counts is not None and counts.completed == 0
     cancelled = client.batches.cancel(batch.id)
@@ -152,14 +193,18 @@ def test_cancel_a_batch(batch_gateway: GatewayServer, idle_model: str) -> None:
         client.batches.retrieve("batch_nope")
 
 
-def test_a_batch_whose_window_closed_expires(batch_gateway: GatewayServer, idle_model: str,
-                                             fleet_env: dict[str, str]) -> None:
+def test_a_batch_whose_window_closed_expires(
+    batch_gateway: GatewayServer, idle_model: str, fleet_env: dict[str, str]
+) -> None:
     import redis
+
     client = batch_gateway.openai()
-    upload = client.files.create(file=("e.jsonl", batch_file(
-        [chat_line("late", idle_model, "wait")])), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window="1h")
+    upload = client.files.create(
+        file=("e.jsonl", batch_file([chat_line("late", idle_model, "wait")])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h"
+    )
     # An hour is long for a test: move the window's end into the past instead.
     r = redis.Redis.from_url(ClientSettings().redis_url)
     r.hset(names.batch_key(batch.id), "expires_at", repr(time.time() - 1))
@@ -169,22 +214,26 @@ def test_a_batch_whose_window_closed_expires(batch_gateway: GatewayServer, idle_
     assert lines_of(client, done.error_file_id)["late"]["error"]["code"] == "batch_expired"
 
 
-def test_files_and_batches_are_the_tenants_own(keyed: GatewayServer, keys: KeyStore,
-                                               model_name: str) -> None:
+def test_files_and_batches_are_the_tenants_own(
+    keyed: GatewayServer, keys: KeyStore, model_name: str
+) -> None:
     a_key, _ = keys.create(new_tenant())
     b_key, _ = keys.create(new_tenant())
     a, b = keyed.openai(a_key), keyed.openai(b_key)
-    upload = a.files.create(file=("a.jsonl", batch_file([chat_line("1", model_name, "hi")])),
-                            purpose="batch")
+    upload = a.files.create(
+        file=("a.jsonl", batch_file([chat_line("1", model_name, "hi")])), purpose="batch"
+    )
     with pytest.raises(openai.NotFoundError):
         b.files.retrieve(upload.id)
     with pytest.raises(openai.NotFoundError):
         b.files.content(upload.id)
     with pytest.raises(openai.NotFoundError):
-        b.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                         completion_window="24h")
-    batch = a.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                             completion_window="24h")
+        b.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    batch = a.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     with pytest.raises(openai.NotFoundError):
         b.batches.retrieve(batch.id)
     assert batch.id not in {x.id for x in b.batches.list()}
@@ -195,8 +244,16 @@ def test_files_and_batches_are_the_tenants_own(keyed: GatewayServer, keys: KeySt
 def test_uploads_have_their_own_size_limit(make_gateway: MakeGateway) -> None:
     gateway = make_gateway(max_file_bytes=2048, max_body_bytes=1024)
     client = gateway.openai(max_retries=0)
-    small = batch_file([{"custom_id": "1", "method": "POST", "url": "/v1/completions",
-                         "body": {"model": "m", "prompt": "x" * 1200}}])
+    small = batch_file(
+        [
+            {
+                "custom_id": "1",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "m", "prompt": "x" * 1200},
+            }
+        ]
+    )
     assert client.files.create(file=("s.jsonl", small), purpose="batch").bytes == len(small)
     with pytest.raises(openai.APIStatusError) as caught:
         client.files.create(file=("big.jsonl", small * 3), purpose="batch")

@@ -25,8 +25,15 @@ from tests.integration.gateway_kit import (
 
 
 def test_submit_one_job_and_long_poll_its_result(http: httpx.Client, model_name: str) -> None:
-    response = http.post("/v1/jobs", json={"model": model_name, "prompt": "Once upon a time",
-                                           "max_tokens": 8, "ignore_eos": True})
+    response = http.post(
+        "/v1/jobs",
+        json={
+            "model": model_name,
+            "prompt": "Once upon a time",
+            "max_tokens": 8,
+            "ignore_eos": True,
+        },
+    )
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     record = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
@@ -35,8 +42,16 @@ def test_submit_one_job_and_long_poll_its_result(http: httpx.Client, model_name:
     assert record["usage"]["completion_tokens"] == 8
     assert isinstance(record["text"], str)
     assert record["tenant"] == "default"
-    for field in ("enqueued_at", "started_at", "finished_at", "worker", "attempts", "priority",
-                  "cached", "error"):
+    for field in (
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "worker",
+        "attempts",
+        "priority",
+        "cached",
+        "error",
+    ):
         assert field in record
 
 
@@ -52,8 +67,9 @@ def test_submit_a_list_of_jobs(http: httpx.Client, model_name: str) -> None:
 
 def test_priority_comes_from_the_body_or_the_header(http: httpx.Client, idle_model: str) -> None:
     def level(body: dict[str, Any], **headers: str) -> int:
-        response = http.post("/v1/jobs", json={"model": idle_model, "prompt": "p", **body},
-                             headers=headers)
+        response = http.post(
+            "/v1/jobs", json={"model": idle_model, "prompt": "p", **body}, headers=headers
+        )
         assert response.status_code == 202, response.text
         return int(http.get(f"/v1/jobs/{response.json()['id']}").json()["priority"])
 
@@ -99,7 +115,11 @@ def test_cancel_a_queued_job(http: httpx.Client, idle_model: str) -> None:
     ],
 )
 def test_bad_jobs_are_refused_naming_the_field_and_publish_nothing(
-    http: httpx.Client, idle_model: str, body: dict[str, Any], status: int, param: str | None,
+    http: httpx.Client,
+    idle_model: str,
+    body: dict[str, Any],
+    status: int,
+    param: str | None,
     words: str,
 ) -> None:
     before = queued_messages(idle_model)
@@ -109,8 +129,13 @@ def test_bad_jobs_are_refused_naming_the_field_and_publish_nothing(
     assert words in error["message"]
     assert error["param"] == param
     # ... and in a list, the bad one is named by its index; the good one is not published.
-    response = http.post("/v1/jobs", json=[{"model": idle_model, "prompt": "good"},
-                                           {"model": idle_model, "prompt": "hi", **body}])
+    response = http.post(
+        "/v1/jobs",
+        json=[
+            {"model": idle_model, "prompt": "good"},
+            {"model": idle_model, "prompt": "hi", **body},
+        ],
+    )
     assert response.status_code == status
     assert error_of(response)["message"].startswith("jobs[1].")
     assert queued_messages(idle_model) == before
@@ -123,8 +148,11 @@ def test_malformed_requests_are_4xx_never_5xx(http: httpx.Client, idle_model: st
         http.post("/v1/jobs", json="a string"),
         http.post("/v1/jobs", json=[]),
         http.post("/v1/jobs", json=[1, 2]),
-        http.post("/v1/jobs", json={"model": idle_model, "prompt": "hi"},
-                  headers={"X-Genq-Priority": "urgent"}),
+        http.post(
+            "/v1/jobs",
+            json={"model": idle_model, "prompt": "hi"},
+            headers={"X-Genq-Priority": "urgent"},
+        ),
         http.get("/v1/jobs/no-such-job"),
         http.delete("/v1/jobs/no-such-job"),
         http.get("/v1/jobs/x", params={"wait": "soon"}),
@@ -138,8 +166,9 @@ def test_malformed_requests_are_4xx_never_5xx(http: httpx.Client, idle_model: st
     assert "GENQ_MAX_WAIT" in error_of(cases[9])["message"]
 
 
-def test_limits_on_body_size_and_jobs_per_request(make_gateway: MakeGateway,
-                                                  idle_model: str) -> None:
+def test_limits_on_body_size_and_jobs_per_request(
+    make_gateway: MakeGateway, idle_model: str
+) -> None:
     gateway = make_gateway(max_body_bytes=4096, max_jobs_per_request=3)
     with gateway.http() as http:
         response = http.post("/v1/jobs", json={"model": idle_model, "prompt": "x" * 5000})
@@ -151,6 +180,7 @@ def test_limits_on_body_size_and_jobs_per_request(make_gateway: MakeGateway,
             for _ in range(10):
                 yield b"y" * 1000
             yield b'"}'
+
         assert http.post("/v1/jobs", content=chunked()).status_code == 413
         response = http.post("/v1/jobs", json=[{"model": idle_model, "prompt": "a"}] * 4)
         assert response.status_code == 422
@@ -160,47 +190,67 @@ def test_limits_on_body_size_and_jobs_per_request(make_gateway: MakeGateway,
 # -- 4. backpressure -------------------------------------------------------------------------
 
 
-def test_a_tenant_over_its_queued_limit_gets_429(make_gateway: MakeGateway,
-                                                 idle_model: str) -> None:
+def test_a_tenant_over_its_queued_limit_gets_429(
+    make_gateway: MakeGateway, idle_model: str
+) -> None:
     gateway = make_gateway(tenant_queued_limit=3, model_queued_limit=0)
     tenant = new_tenant()
     with gateway.http(**{"X-Genq-Tenant": tenant}) as http:
-        ids = [http.post("/v1/jobs", json={"model": idle_model, "prompt": f"q{i}"}).json()["id"]
-               for i in range(3)]
+        ids = [
+            http.post("/v1/jobs", json={"model": idle_model, "prompt": f"q{i}"}).json()["id"]
+            for i in range(3)
+        ]
         response = http.post("/v1/jobs", json={"model": idle_model, "prompt": "one too many"})
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "2"
         assert "limit of 3 (GENQ_TENANT_QUEUED_LIMIT)" in error_of(response)["message"]
         # A list that would cross the limit is refused whole.
-        assert http.post("/v1/jobs", json=[{"model": idle_model, "prompt": "a"}]).status_code \
-            == 429
+        assert http.post("/v1/jobs", json=[{"model": idle_model, "prompt": "a"}]).status_code == 429
         # Another tenant is not held back.
-        other = http.post("/v1/jobs", json={"model": idle_model, "prompt": "x"},
-                          headers={"X-Genq-Tenant": new_tenant()})
+        other = http.post(
+            "/v1/jobs",
+            json={"model": idle_model, "prompt": "x"},
+            headers={"X-Genq-Tenant": new_tenant()},
+        )
         assert other.status_code == 202
         # A job that ends makes room (once the counted queue is re-read, within ~1 s).
         http.delete(f"/v1/jobs/{ids[0]}")
-        wait_for(lambda: http.post("/v1/jobs", json={"model": idle_model, "prompt": "room"}
-                                   ).status_code == 202, timeout=10, what="room after a cancel",
-                 interval=0.3)
+        wait_for(
+            lambda: (
+                http.post("/v1/jobs", json={"model": idle_model, "prompt": "room"}).status_code
+                == 202
+            ),
+            timeout=10,
+            what="room after a cancel",
+            interval=0.3,
+        )
     with pytest.raises(openai.RateLimitError):
-        gateway.openai(max_retries=0, default_headers={"X-Genq-Tenant": tenant}
-                       ).completions.create(model=idle_model, prompt="hi", max_tokens=2)
+        gateway.openai(max_retries=0, default_headers={"X-Genq-Tenant": tenant}).completions.create(
+            model=idle_model, prompt="hi", max_tokens=2
+        )
 
 
-def test_a_model_over_its_queued_limit_gets_429(make_gateway: MakeGateway,
-                                                fleet_env: dict[str, str]) -> None:
+def test_a_model_over_its_queued_limit_gets_429(
+    make_gateway: MakeGateway, fleet_env: dict[str, str]
+) -> None:
     model = f"idle-{uuid.uuid4().hex[:8]}"
-    gateway = make_gateway(models=[model], model_queued_limit=2, tenant_queued_limit=0,
-                           queue_depth_ttl=0)
+    gateway = make_gateway(
+        models=[model], model_queued_limit=2, tenant_queued_limit=0, queue_depth_ttl=0
+    )
     try:
         with gateway.http() as http:
             for _ in range(2):  # two tenants: the model's limit counts everyone's jobs
-                response = http.post("/v1/jobs", json={"model": model, "prompt": "x"},
-                                     headers={"X-Genq-Tenant": new_tenant()})
+                response = http.post(
+                    "/v1/jobs",
+                    json={"model": model, "prompt": "x"},
+                    headers={"X-Genq-Tenant": new_tenant()},
+                )
                 assert response.status_code == 202
-            response = http.post("/v1/jobs", json={"model": model, "prompt": "x"},
-                                 headers={"X-Genq-Tenant": new_tenant()})
+            response = http.post(
+                "/v1/jobs",
+                json={"model": model, "prompt": "x"},
+                headers={"X-Genq-Tenant": new_tenant()},
+            )
             assert response.status_code == 429
             assert "limit of 2 (GENQ_MODEL_QUEUED_LIMIT)" in error_of(response)["message"]
             assert int(response.headers["Retry-After"]) >= 1

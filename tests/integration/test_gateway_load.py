@@ -43,10 +43,16 @@ def load_model(make_worker: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def load_gateway(fleet_env: dict[str, str], load_model: str, idle_model: str,
-                 log_dir: Path) -> Iterator[GatewayProcess]:
-    env = {**fleet_env, "GENQ_MODELS": f"{load_model},{idle_model}", "GENQ_API_KEYS": "off",
-           "GENQ_AUDIT_LOG": "off", "GENQ_GATEWAY_REDIS_CONNECTIONS": str(POOL)}
+def load_gateway(
+    fleet_env: dict[str, str], load_model: str, idle_model: str, log_dir: Path
+) -> Iterator[GatewayProcess]:
+    env = {
+        **fleet_env,
+        "GENQ_MODELS": f"{load_model},{idle_model}",
+        "GENQ_API_KEYS": "off",
+        "GENQ_AUDIT_LOG": "off",
+        "GENQ_GATEWAY_REDIS_CONNECTIONS": str(POOL),
+    }
     gateway = GatewayProcess(env=env, port=free_port(), log_dir=log_dir).start()
     yield gateway
     gateway.stop()
@@ -80,10 +86,13 @@ class ConnectionWatch:
 
 
 def _openai(gateway: GatewayProcess, *, connections: int) -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(timeout=600, limits=httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections))
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
-                              http_client=http)
+    http = httpx.AsyncClient(
+        timeout=600,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+    return openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, http_client=http
+    )
 
 
 async def _most_waiting(gateway: GatewayProcess, until: asyncio.Future[Any]) -> float:
@@ -91,8 +100,9 @@ async def _most_waiting(gateway: GatewayProcess, until: asyncio.Future[Any]) -> 
     most = 0.0
     # A new connection each time: under this load the test's own loop may stall for longer
     # than the server keeps an idle connection open.
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10,
-                                 limits=httpx.Limits(max_keepalive_connections=0)) as http:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as http:
         while not until.done():
             text = (await http.get("/metrics")).text
             for line in text.splitlines():
@@ -103,15 +113,26 @@ async def _most_waiting(gateway: GatewayProcess, until: asyncio.Future[Any]) -> 
 
 
 def test_a_thousand_waiting_completions_hold_a_bounded_number_of_connections(
-        load_gateway: GatewayProcess, load_model: str) -> None:
+    load_gateway: GatewayProcess, load_model: str
+) -> None:
     model_name = load_model
     n = 1000
 
     async def main() -> tuple[list[Any], float]:
         client = _openai(load_gateway, connections=n + 50)
-        calls = asyncio.gather(*(client.completions.create(
-            model=model_name, prompt=f"{i}: a short one", max_tokens=4, temperature=0.8,
-            extra_body={"ignore_eos": True}) for i in range(n)), return_exceptions=True)
+        calls = asyncio.gather(
+            *(
+                client.completions.create(
+                    model=model_name,
+                    prompt=f"{i}: a short one",
+                    max_tokens=4,
+                    temperature=0.8,
+                    extra_body={"ignore_eos": True},
+                )
+                for i in range(n)
+            ),
+            return_exceptions=True,
+        )
         most = await _most_waiting(load_gateway, calls)
         results = await calls
         await client.close()
@@ -121,8 +142,9 @@ def test_a_thousand_waiting_completions_hold_a_bounded_number_of_connections(
         results, most_waiting = asyncio.run(main())
     failures = [r for r in results if isinstance(r, BaseException)]
     assert not failures, f"{len(failures)} of {n} failed, e.g. {failures[0]!r}"
-    assert all(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
-               for r in results)
+    assert all(
+        r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4 for r in results
+    )
     assert len({r.id for r in results}) == n
     # They really waited together, and the gateway never held more than its bound.
     assert most_waiting >= n / 2, most_waiting
@@ -131,14 +153,20 @@ def test_a_thousand_waiting_completions_hold_a_bounded_number_of_connections(
 
 
 def test_three_hundred_concurrent_streams_each_complete_and_in_order(
-        load_gateway: GatewayProcess, load_model: str) -> None:
+    load_gateway: GatewayProcess, load_model: str
+) -> None:
     model_name = load_model
     n = 300
 
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, str, list[str]]:
         raw = await client.completions.with_raw_response.create(
-            model=model_name, prompt=f"{i}: once upon a time", max_tokens=16, temperature=0.8,
-            stream=True, extra_body={"ignore_eos": True})
+            model=model_name,
+            prompt=f"{i}: once upon a time",
+            max_tokens=16,
+            temperature=0.8,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         (job_id,) = raw.headers["X-Genq-Job-Ids"].split(",")
         pieces, finals = [], []
         async for chunk in raw.parse():
@@ -150,8 +178,7 @@ def test_three_hundred_concurrent_streams_each_complete_and_in_order(
 
     async def main() -> list[Any]:
         client = _openai(load_gateway, connections=n + 20)
-        results = await asyncio.gather(*(one(client, i) for i in range(n)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(one(client, i) for i in range(n)), return_exceptions=True)
         await client.close()
         return results
 
@@ -169,14 +196,22 @@ def test_three_hundred_concurrent_streams_each_complete_and_in_order(
 
 
 def test_a_full_gateway_answers_503_before_accepting_anything(
-        fleet_env: dict[str, str], model_name: str, idle_model: str, log_dir: Path) -> None:
-    env = {**fleet_env, "GENQ_MODELS": f"{model_name},{idle_model}", "GENQ_API_KEYS": "off",
-           "GENQ_AUDIT_LOG": "off", "GENQ_MAX_WAITING": "2"}
+    fleet_env: dict[str, str], model_name: str, idle_model: str, log_dir: Path
+) -> None:
+    env = {
+        **fleet_env,
+        "GENQ_MODELS": f"{model_name},{idle_model}",
+        "GENQ_API_KEYS": "off",
+        "GENQ_AUDIT_LOG": "off",
+        "GENQ_MAX_WAITING": "2",
+    }
     gateway = GatewayProcess(env=env, port=free_port(), log_dir=log_dir).start()
     try:
         with httpx.Client(base_url=gateway.url, timeout=60) as http:
-            ids = [http.post("/v1/jobs", json={"model": idle_model, "prompt": "x"}).json()["id"]
-                   for _ in range(2)]
+            ids = [
+                http.post("/v1/jobs", json={"model": idle_model, "prompt": "x"}).json()["id"]
+                for _ in range(2)
+            ]
 
             def long_poll(job_id: str) -> None:
                 http.get(f"/v1/jobs/{job_id}", params={"wait": 3})
@@ -186,8 +221,10 @@ def test_a_full_gateway_answers_503_before_accepting_anything(
                 poll.start()
             time.sleep(1.0)  # both long polls are held (they wait 3 s on queued jobs)
             before = queued_messages(idle_model)
-            for body in ({"model": idle_model, "prompt": "y"},
-                         {"model": idle_model, "prompt": "y", "stream": True}):
+            for body in (
+                {"model": idle_model, "prompt": "y"},
+                {"model": idle_model, "prompt": "y", "stream": True},
+            ):
                 refused = http.post("/v1/completions", json=body)
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["Retry-After"] == "2"
@@ -207,20 +244,28 @@ def test_a_full_gateway_answers_503_before_accepting_anything(
 
 
 def test_a_result_that_lands_before_or_unannounced_is_still_delivered(
-        fleet_env: dict[str, str], idle_model: str) -> None:
+    fleet_env: dict[str, str], idle_model: str
+) -> None:
     """A result written before the wait began, and one whose announcement was lost (written
     with no pub/sub message): the first read finds one, the sweep the other."""
     settings = GatewaySettings(models=[idle_model])
     with Client(settings=settings) as client:
-        early, late = client.submit_many([{"model": idle_model, "prompt": "a"},
-                                          {"model": idle_model, "prompt": "b"}])
+        early, late = client.submit_many(
+            [{"model": idle_model, "prompt": "a"}, {"model": idle_model, "prompt": "b"}]
+        )
     sync = redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
     def finish(job_id: str) -> None:
         # What a worker's result write leaves in the record, minus its announcement.
-        sync.hset(names.job_key(job_id), mapping={
-            "state": "succeeded", "text": f"text of {job_id}", "finished_at": repr(time.time()),
-            "finish_reason": "stop"})
+        sync.hset(
+            names.job_key(job_id),
+            mapping={
+                "state": "succeeded",
+                "text": f"text of {job_id}",
+                "finished_at": repr(time.time()),
+                "finish_reason": "stop",
+            },
+        )
 
     async def main() -> None:
         r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)

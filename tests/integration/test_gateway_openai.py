@@ -31,9 +31,13 @@ from tests.integration.gateway_kit import (
 
 def test_openai_completions(gateway: GatewayServer, model_name: str) -> None:
     client = gateway.openai()
-    completion = client.completions.create(model=model_name, prompt="Once upon a time",
-                                           max_tokens=6, temperature=0,
-                                           extra_body={"ignore_eos": True})
+    completion = client.completions.create(
+        model=model_name,
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert completion.object == "text_completion"
     assert completion.model == model_name
     (choice,) = completion.choices
@@ -44,8 +48,9 @@ def test_openai_completions(gateway: GatewayServer, model_name: str) -> None:
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 6
 
     # Several prompts, n choices each, indexed prompt by prompt; greedy, so choices agree.
-    many = client.completions.create(model=model_name, prompt=["one", "two"], n=2,
-                                     max_tokens=3, temperature=0, echo=True)
+    many = client.completions.create(
+        model=model_name, prompt=["one", "two"], n=2, max_tokens=3, temperature=0, echo=True
+    )
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
     assert many.choices[0].text.startswith("one") and many.choices[2].text.startswith("two")
     assert many.choices[0].text == many.choices[1].text
@@ -54,10 +59,16 @@ def test_openai_completions(gateway: GatewayServer, model_name: str) -> None:
 def test_openai_chat_completions(gateway: GatewayServer, model_name: str) -> None:
     client = gateway.openai()
     chat = client.chat.completions.create(
-        model=model_name, max_tokens=5, temperature=0.7, seed=1,
-        messages=[{"role": "system", "content": "be brief"},
-                  {"role": "user", "content": [{"type": "text", "text": "hello"}]}],
-        extra_body={"ignore_eos": True, "priority": 5})
+        model=model_name,
+        max_tokens=5,
+        temperature=0.7,
+        seed=1,
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+        ],
+        extra_body={"ignore_eos": True, "priority": 5},
+    )
     assert chat.object == "chat.completion"
     (choice,) = chat.choices
     assert choice.message.role == "assistant"
@@ -109,21 +120,32 @@ def test_a_client_that_hangs_up_has_its_completion_cancelled(
     tenant = new_tenant()
     with gateway.http(**{"X-Genq-Tenant": tenant}) as http:
         with pytest.raises(httpx.ReadTimeout):
-            http.post("/v1/chat/completions", timeout=1.5,
-                      json={"model": idle_model, "messages": [{"role": "user", "content": "?"}]})
+            http.post(
+                "/v1/chat/completions",
+                timeout=1.5,
+                json={"model": idle_model, "messages": [{"role": "user", "content": "?"}]},
+            )
 
         def submitted() -> str | None:
             for event in map(json.loads, audit_path.read_text().splitlines()):
                 if event["event"] == "job.submit" and event["tenant"] == tenant:
                     return str(event["jobs"][0])
             return None
+
         job_id = wait_for(submitted, timeout=10, what="the completion's job")
-        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled",
-                 timeout=15, what="the abandoned job to be cancelled", interval=0.2)
+        wait_for(
+            lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled",
+            timeout=15,
+            what="the abandoned job to be cancelled",
+            interval=0.2,
+        )
 
 
 def test_a_prompt_over_the_token_limit_is_422_naming_the_limit(
-    make_gateway: MakeGateway, model_name: str, tiny_model: Path, worker: WorkerProcess,
+    make_gateway: MakeGateway,
+    model_name: str,
+    tiny_model: Path,
+    worker: WorkerProcess,
 ) -> None:
     """Counted at the gateway, before anything is queued: against GENQ_MAX_PROMPT_TOKENS
     with a configured tokenizer, and against the context the worker advertises (512, less one
@@ -138,8 +160,9 @@ def test_a_prompt_over_the_token_limit_is_422_naming_the_limit(
     assert error["param"] == "prompt[1]" and error["code"] == "context_length_exceeded"
     assert "over the limit of 20 prompt tokens (GENQ_MAX_PROMPT_TOKENS)" in error["message"]
     with pytest.raises(openai.UnprocessableEntityError, match=r"messages: .* over the limit"):
-        client.chat.completions.create(model=model_name, max_tokens=4,
-                                       messages=[{"role": "user", "content": words}])
+        client.chat.completions.create(
+            model=model_name, max_tokens=4, messages=[{"role": "user", "content": words}]
+        )
     with limited.http() as http:
         response = http.post("/v1/jobs", json={"model": model_name, "prompt": words})
         assert response.status_code == 422
@@ -149,8 +172,10 @@ def test_a_prompt_over_the_token_limit_is_422_naming_the_limit(
 
     advertised = make_gateway().openai(max_retries=0)
     long_prompt = " ".join(f"word{i}" for i in range(600))
-    with pytest.raises(openai.UnprocessableEntityError,
-                       match=r"over the limit of 511 prompt tokens .*context of 512"):
+    with pytest.raises(
+        openai.UnprocessableEntityError,
+        match=r"over the limit of 511 prompt tokens .*context of 512",
+    ):
         advertised.completions.create(model=model_name, prompt=long_prompt, max_tokens=4)
 
 
@@ -182,13 +207,20 @@ def test_a_streamed_completion_arrives_in_chunks_while_the_worker_runs_it(
     # is busy elsewhere vLLM merges the deltas it has not taken; 24 and 96 tokens were each
     # once all taken at once, in one entry, in a full CI run.
     raw = client.completions.with_raw_response.create(
-        model=model_name, prompt="Once upon a time", max_tokens=320, temperature=0.8,
-        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        model=model_name,
+        prompt="Once upon a time",
+        max_tokens=320,
+        temperature=0.8,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     (job_id,) = raw.headers["X-Genq-Job-Ids"].split(",")
     chunks = list(raw.parse())
     pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and
-              c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == ["length"]
     assert all(c.id == f"cmpl-{job_id}" and c.model == model_name for c in chunks)
     usage = chunks[-1].usage
@@ -206,9 +238,15 @@ def test_a_streamed_completion_arrives_in_chunks_while_the_worker_runs_it(
 def test_a_streamed_chat_with_two_choices(gateway: GatewayServer, model_name: str) -> None:
     client = gateway.openai()
     raw = client.chat.completions.with_raw_response.create(
-        model=model_name, n=2, max_tokens=12, temperature=0.9, seed=3, stream=True,
+        model=model_name,
+        n=2,
+        max_tokens=12,
+        temperature=0.9,
+        seed=3,
+        stream=True,
         messages=[{"role": "user", "content": "tell me a story"}],
-        extra_body={"ignore_eos": True})
+        extra_body={"ignore_eos": True},
+    )
     ids = raw.headers["X-Genq-Job-Ids"].split(",")
     texts: dict[int, str] = {0: "", 1: ""}
     roles, finished = set(), {}
@@ -227,10 +265,14 @@ def test_a_streamed_chat_with_two_choices(gateway: GatewayServer, model_name: st
 
 def test_a_cached_result_streams_as_one_chunk(gateway: GatewayServer, model_name: str) -> None:
     client = gateway.openai()
-    request: dict[str, Any] = {"model": model_name, "prompt": f"cached {uuid.uuid4().hex}",
-                               "max_tokens": 8, "temperature": 0, "stream": True}
-    first = "".join(c.choices[0].text for c in client.completions.create(**request)
-                    if c.choices)
+    request: dict[str, Any] = {
+        "model": model_name,
+        "prompt": f"cached {uuid.uuid4().hex}",
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+    }
+    first = "".join(c.choices[0].text for c in client.completions.create(**request) if c.choices)
     raw = client.completions.with_raw_response.create(**request)
     (job_id,) = raw.headers["X-Genq-Job-Ids"].split(",")
     chunks = [c for c in raw.parse() if c.choices and c.choices[0].text]
@@ -245,15 +287,20 @@ def test_a_client_that_hangs_up_mid_stream_has_its_jobs_cancelled(
     model no worker serves; the client goes away: both jobs are cancelled, never to run."""
     client = gateway.openai()
     raw = client.chat.completions.with_raw_response.create(
-        model=idle_model, n=2, stream=True, messages=[{"role": "user", "content": "hi"}])
+        model=idle_model, n=2, stream=True, messages=[{"role": "user", "content": "hi"}]
+    )
     ids = raw.headers["X-Genq-Job-Ids"].split(",")
     stream = raw.parse()
     first = next(iter(stream))
     assert first.choices[0].delta.role == "assistant"
     stream.close()
     for job_id in ids:
-        record = wait_for(lambda j=job_id: (r := stored(gateway, j))["state"] != "queued" and r,
-                          timeout=30, what="the abandoned job to end", interval=0.2)
+        record = wait_for(
+            lambda j=job_id: (r := stored(gateway, j))["state"] != "queued" and r,
+            timeout=30,
+            what="the abandoned job to end",
+            interval=0.2,
+        )
         assert record["state"] == "cancelled"
 
 
@@ -269,22 +316,32 @@ def test_a_running_streamed_job_is_aborted_when_its_client_hangs_up(
     try:
         client = gateway.openai()
         raw = client.completions.with_raw_response.create(
-            model=model, prompt="a very long story", max_tokens=1900, stream=True,
-            extra_body={"ignore_eos": True})
+            model=model,
+            prompt="a very long story",
+            max_tokens=1900,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         (job_id,) = raw.headers["X-Genq-Job-Ids"].split(",")
         stream = raw.parse()
         first = next(iter(stream))
         assert first.choices[0].text  # it was streaming when the client went away
         stream.close()
         hung_up_at = time.time()
-        record = wait_for(lambda: (r := stored(gateway, job_id))["state"] != "running" and r,
-                          timeout=60, what="the abandoned job to end", interval=0.2)
+        record = wait_for(
+            lambda: (r := stored(gateway, job_id))["state"] != "running" and r,
+            timeout=60,
+            what="the abandoned job to end",
+            interval=0.2,
+        )
         # What to look at if it ran to the end: when it ran, how its text was published
         # (one entry would mean nothing streamed before the end), the worker's last words.
         entries = redis.Redis.from_url(ClientSettings().redis_url).xlen(names.progress_key(job_id))
-        story = (f"hung up {hung_up_at - record['started_at']:.2f} s after the start, job ran "
-                 f"{record['finished_at'] - record['started_at']:.2f} s, {entries} progress "
-                 f"entries; worker log:\n{worker.tail(30)}")
+        story = (
+            f"hung up {hung_up_at - record['started_at']:.2f} s after the start, job ran "
+            f"{record['finished_at'] - record['started_at']:.2f} s, {entries} progress "
+            f"entries; worker log:\n{worker.tail(30)}"
+        )
     finally:
         worker.stop()
         drop_queues(model)
@@ -302,6 +359,7 @@ def test_a_stream_whose_job_fails_ends_with_an_error_event(
     client = blind.openai(max_retries=0)
     long_prompt = " ".join(f"word{i}" for i in range(2000))
     with pytest.raises(openai.APIError, match="rejected by the engine"):
-        for _chunk in client.completions.create(model=model_name, stream=True, max_tokens=4,
-                                                prompt=long_prompt):
+        for _chunk in client.completions.create(
+            model=model_name, stream=True, max_tokens=4, prompt=long_prompt
+        ):
             pass

@@ -25,17 +25,18 @@ def test_healthz(http: httpx.Client) -> None:
     response = http.get("/healthz")
     assert response.status_code == 200
     body = response.json()
-    assert body == {"status": "ok", "redis": "ok", "rabbitmq": "ok",
-                    "gateway": body["gateway"]}
+    assert body == {"status": "ok", "redis": "ok", "rabbitmq": "ok", "gateway": body["gateway"]}
     assert body["gateway"].startswith("genq-gateway-")
 
 
-def test_healthz_is_503_when_redis_or_the_broker_is_down(make_gateway: MakeGateway,
-                                                         idle_model: str) -> None:
+def test_healthz_is_503_when_redis_or_the_broker_is_down(
+    make_gateway: MakeGateway, idle_model: str
+) -> None:
     dead = free_port()  # nothing listens there
-    for broken, down in ((dict(redis_url=f"redis://127.0.0.1:{dead}/0"), "redis"),
-                         (dict(broker_url=f"amqp://guest:guest@127.0.0.1:{dead}/%2F"),
-                          "rabbitmq")):
+    for broken, down in (
+        (dict(redis_url=f"redis://127.0.0.1:{dead}/0"), "redis"),
+        (dict(broker_url=f"amqp://guest:guest@127.0.0.1:{dead}/%2F"), "rabbitmq"),
+    ):
         with make_gateway(**broken).http() as http:
             response = http.get("/healthz")
             assert response.status_code == 503
@@ -52,25 +53,41 @@ def test_metrics(http: httpx.Client, model_name: str) -> None:
     http.get("/v1/jobs/nope")
     text = http.get("/metrics").text
     assert 'genq_gateway_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
-    assert 'genq_gateway_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}' \
-        in text
+    assert (
+        'genq_gateway_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}' in text
+    )
     assert f'genq_gateway_jobs_submitted_total{{api="jobs",model="{model_name}"}}' in text
     assert "genq_gateway_request_seconds_bucket" in text
 
 
 def test_openapi_document(http: httpx.Client) -> None:
     doc = http.get("/openapi.json").json()
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/completions", "/v1/chat/completions",
-                 "/v1/models", "/healthz", "/metrics", "/v1/files", "/v1/files/{file_id}/content",
-                 "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/healthz",
+        "/metrics",
+        "/v1/files",
+        "/v1/files/{file_id}/content",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/batches/{batch_id}/cancel",
+    ):
         assert path in doc["paths"], path
     assert "JobSpec" in doc["components"]["schemas"]
 
 
-def test_audit_log_has_a_line_per_submit_and_cancel(http: httpx.Client, idle_model: str,
-                                                    audit_path: Path) -> None:
-    job_id = http.post("/v1/jobs", json={"model": idle_model, "prompt": "audited"},
-                       headers={"X-Genq-Tenant": "auditors"}).json()["id"]
+def test_audit_log_has_a_line_per_submit_and_cancel(
+    http: httpx.Client, idle_model: str, audit_path: Path
+) -> None:
+    job_id = http.post(
+        "/v1/jobs",
+        json={"model": idle_model, "prompt": "audited"},
+        headers={"X-Genq-Tenant": "auditors"},
+    ).json()["id"]
     http.delete(f"/v1/jobs/{job_id}", headers={"X-Genq-Tenant": "auditors"})
     events = [json.loads(line) for line in audit_path.read_text().splitlines()]
     submit = next(e for e in events if e["event"] == "job.submit" and job_id in e["jobs"])
@@ -84,8 +101,9 @@ def test_audit_log_has_a_line_per_submit_and_cancel(http: httpx.Client, idle_mod
 # -- schemathesis: no input, however odd, gets a 5xx ------------------------------------------
 
 
-def test_schemathesis_finds_no_server_error(make_gateway: MakeGateway, worker: WorkerProcess,
-                                            model_name: str) -> None:
+def test_schemathesis_finds_no_server_error(
+    make_gateway: MakeGateway, worker: WorkerProcess, model_name: str
+) -> None:
     """Every operation in the OpenAPI document, fed schemathesis's generated requests (valid
     and invalid): never a 5xx. (Run from inside one test: schemathesis's pytest loader
     `from_fixture` does not work with pytest 9, and the schema exists only once a gateway
@@ -107,8 +125,12 @@ def test_schemathesis_finds_no_server_error(make_gateway: MakeGateway, worker: W
         cases = operation.as_strategy()
 
         @hypothesis.given(case=hypothesis.strategies.one_of(cases, cases.map(served)))
-        @hypothesis.settings(max_examples=25, deadline=None, database=None,
-                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
         def no_server_error(case: Any) -> None:
             case.call_and_validate(checks=[not_a_server_error], timeout=90)
 

@@ -37,17 +37,43 @@ class TlsRedis:
         server = shutil.which("redis-server")
         assert server, "redis-server is not installed (genq services start installs it)"
         self.proc = subprocess.Popen(
-            [server, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-             "--tls-cert-file", str(certs.server), "--tls-key-file", str(certs.server_key),
-             "--tls-ca-cert-file", str(certs.ca),
-             "--tls-auth-clients", "yes" if client_certs else "no",
-             "--save", "", "--appendonly", "no", "--dir", str(directory),
-             "--logfile", str(directory / "redis.log")],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        trusted = FleetSettings(tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client),
-                                tls_key_file=str(certs.client_key))
-        wait_for(lambda: self._answers(trusted), timeout=30, what="the TLS Redis to answer",
-                 interval=0.1)
+            [
+                server,
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                str(certs.server),
+                "--tls-key-file",
+                str(certs.server_key),
+                "--tls-ca-cert-file",
+                str(certs.ca),
+                "--tls-auth-clients",
+                "yes" if client_certs else "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+                "--logfile",
+                str(directory / "redis.log"),
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        trusted = FleetSettings(
+            tls_ca_file=str(certs.ca),
+            tls_cert_file=str(certs.client),
+            tls_key_file=str(certs.client_key),
+        )
+        wait_for(
+            lambda: self._answers(trusted), timeout=30, what="the TLS Redis to answer", interval=0.1
+        )
 
     def _answers(self, settings: FleetSettings) -> bool:
         assert self.proc.poll() is None, "redis-server exited: is it built with TLS?"
@@ -79,8 +105,9 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterato
 def test_a_client_with_the_ca_round_trips_and_one_without_is_refused(
     tls_redis: TlsRedis, certs: Certs
 ) -> None:
-    with redis_from_url(tls_redis.url, FleetSettings(tls_ca_file=str(certs.ca)),
-                        decode_responses=True) as client:
+    with redis_from_url(
+        tls_redis.url, FleetSettings(tls_ca_file=str(certs.ca)), decode_responses=True
+    ) as client:
         client.set("genq-tls", "round trip")
         assert client.get("genq-tls") == "round trip"
     # The system's CAs don't know the test CA: the handshake fails and says why.
@@ -91,18 +118,22 @@ def test_a_client_with_the_ca_round_trips_and_one_without_is_refused(
         untrusted.ping()
 
 
-def test_mutual_tls_needs_the_client_certificate(
-    tmp_path: Path, certs: Certs
-) -> None:
+def test_mutual_tls_needs_the_client_certificate(tmp_path: Path, certs: Certs) -> None:
     server = TlsRedis(tmp_path, certs, client_certs=True)
     try:
-        with redis_from_url(server.url, FleetSettings(
-                tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client),
-                tls_key_file=str(certs.client_key))) as client:
+        with redis_from_url(
+            server.url,
+            FleetSettings(
+                tls_ca_file=str(certs.ca),
+                tls_cert_file=str(certs.client),
+                tls_key_file=str(certs.client_key),
+            ),
+        ) as client:
             assert client.ping()
         with (
-            redis_from_url(server.url, FleetSettings(tls_ca_file=str(certs.ca)),
-                           socket_timeout=5) as anonymous,
+            redis_from_url(
+                server.url, FleetSettings(tls_ca_file=str(certs.ca)), socket_timeout=5
+            ) as anonymous,
             pytest.raises(redis.ConnectionError),
         ):
             anonymous.ping()
@@ -129,7 +160,10 @@ def test_the_python_client_and_the_gateway_use_a_tls_redis(
             with gateway.http() as http:
                 health = http.get("/healthz").json()
                 assert (health["status"], health["redis"], health["rabbitmq"]) == (
-                    "ok", "ok", "ok"), health
+                    "ok",
+                    "ok",
+                    "ok",
+                ), health
         finally:
             gateway.stop()
         monkeypatch.delenv("GENQ_TLS_CA_FILE")
@@ -161,7 +195,8 @@ def tls_rabbit(base: Path, certs: Certs) -> PrivateRabbit:
         f"ssl_options.keyfile = {base / 'server_key.pem'}\n"
         "ssl_options.verify = verify_none\n"
         "ssl_options.fail_if_no_peer_cert = false\n"
-        "loopback_users.guest = true\n")
+        "loopback_users.guest = true\n"
+    )
     if os.geteuid() == 0:  # the node runs as `rabbitmq` (see PrivateRabbit): it reads these
         entry = pwd.getpwnam("rabbitmq")
         for path in base.iterdir():
@@ -191,14 +226,24 @@ def test_jobs_go_through_a_tls_broker_and_a_tls_redis(
     fails and says why."""
     model = f"tls-{uuid.uuid4().hex[:8]}"
     shared_redis = ClientSettings().redis_url
-    for name, value in {"GENQ_TLS_CA_FILE": str(certs.ca), "GENQ_BROKER_URL": amqps.url,
-                        "GENQ_REDIS_URL": tls_redis.url, "GENQ_MODELS": model}.items():
+    for name, value in {
+        "GENQ_TLS_CA_FILE": str(certs.ca),
+        "GENQ_BROKER_URL": amqps.url,
+        "GENQ_REDIS_URL": tls_redis.url,
+        "GENQ_MODELS": model,
+    }.items():
         monkeypatch.setenv(name, value)
     with Client() as client:
         ids = client.submit_many([{"model": model, "prompt": f"p{i}"} for i in range(3)])
         assert {client.status(i).state.value for i in ids} == {"queued"}
-    assert sum(queue_depths(ClientSettings(broker_url=amqps.url, tls_ca_file=str(certs.ca)),
-                            model).values()) == 3
+    assert (
+        sum(
+            queue_depths(
+                ClientSettings(broker_url=amqps.url, tls_ca_file=str(certs.ca)), model
+            ).values()
+        )
+        == 3
+    )
 
     celery = Celery(broker=amqps.url, backend=tls_redis.url)
     celery.conf.update(celery_ssl(amqps.url, tls_redis.url, FleetSettings()))

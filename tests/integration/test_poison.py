@@ -31,8 +31,7 @@ from tests.integration.damage import (
 
 EXIT_ENGINE_DEAD = 70  # workers/app.py; a test of the product must not import workers/
 MAX_ATTEMPTS = 3
-ENV = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20",
-       "GENQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
+ENV = {"GENQ_LEASE_SECONDS": "3", "GENQ_GRACE_PERIOD": "20", "GENQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
 
 
 def running_on(client: Client, job_id: str, hostname: str) -> bool:
@@ -53,8 +52,11 @@ def exits_70_holding_nothing(client: Client, ids: list[str], worker: WorkerProce
     code = worker.proc.wait(120)
     assert code == EXIT_ENGINE_DEAD, worker.tail()
     # It handed back what it ran: nothing is left `running` on it for a reaper to find.
-    left = [r.id for r in client.status_many(ids)
-            if r.state is JobState.RUNNING and r.worker == worker.hostname]
+    left = [
+        r.id
+        for r in client.status_many(ids)
+        if r.state is JobState.RUNNING and r.worker == worker.hostname
+    ]
     assert not left, f"{len(left)} jobs left running on a worker whose engine died"
     worker.stop()  # collects its log and anything left of its process group
 
@@ -68,8 +70,9 @@ def test_engine_death_hands_back_and_exits_70(make_worker: Any) -> None:
         wait_until_running(client, ids, victim, timeout=300)
         kill_engine(client, model, victim)
         exits_70_holding_nothing(client, ids, victim)
-        handed_back = [r.id for r in client.status_many(ids)
-                       if r.state is JobState.QUEUED and r.attempts >= 1]
+        handed_back = [
+            r.id for r in client.status_many(ids) if r.state is JobState.QUEUED and r.attempts >= 1
+        ]
         assert handed_back, "the worker handed nothing back"
         survivor = make_worker(model_name=model, max_num_seqs=8, env=ENV, name="survivor")
         records = client.wait_many(ids, timeout=600)
@@ -91,18 +94,24 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
         ids = submit_batch(client, model, max_tokens=32)
         # Urgent and long (seconds, on a context of 2048): it starts early, and it is still
         # running when the agent, which polls its record, kills the engine under it.
-        poison = client.submit("poison", model=model, priority=9, max_tokens=2000,
-                               ignore_eos=True)
+        poison = client.submit("poison", model=model, priority=9, max_tokens=2000, ignore_eos=True)
         attempts_after_death = []
         for death in range(1, MAX_ATTEMPTS + 1):
             # A lease of 3 s could run out while a loaded machine's dying worker records
             # the failure, and the reaper's "lease expired" would be the error; the worker's
             # own account is what is tested here.
-            worker = make_worker(model_name=model, max_num_seqs=8,
-                                 env={**ENV, "GENQ_LEASE_SECONDS": "20"},
-                                 max_model_len=2048, name=f"poisoned{death}")
-            wait_for(functools.partial(running_on, client, poison, worker.hostname),
-                     timeout=300, what=f"the poison job to run (attempt {death})")
+            worker = make_worker(
+                model_name=model,
+                max_num_seqs=8,
+                env={**ENV, "GENQ_LEASE_SECONDS": "20"},
+                max_model_len=2048,
+                name=f"poisoned{death}",
+            )
+            wait_for(
+                functools.partial(running_on, client, poison, worker.hostname),
+                timeout=300,
+                what=f"the poison job to run (attempt {death})",
+            )
             kill_engine(client, model, worker)
             exits_70_holding_nothing(client, [*ids, poison], worker)
             record = client.status(poison)
@@ -117,11 +126,11 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
     finally:
         purge_model(client.settings, model, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, [*ids, poison], records,
-                 classify={poison: "poison"})
+    line = audit(client.settings.redis_url, [*ids, poison], records, classify={poison: "poison"})
     print(f"poison: {line}")
-    assert str(line) == (f"accepted={JOBS + 1} succeeded={JOBS} failed=1(poison) "
-                         "lost=0 duplicated=0")
+    assert str(line) == (
+        f"accepted={JOBS + 1} succeeded={JOBS} failed=1(poison) lost=0 duplicated=0"
+    )
     assert attempts_after_death == [1, 2, 3]
     failed = records[-1]
     assert failed.error == f"the engine died while running it {MAX_ATTEMPTS} times"
@@ -136,8 +145,9 @@ def a_job_whose_worker_died(client: Client, model: str, *, attempts: int) -> str
     lease that has expired, its message acked long ago."""
     job_id = uuid.uuid4().hex
     spec = JobSpec(model=model, prompt="orphan", max_tokens=4)
-    fields = new_record_fields(spec, job_id=job_id, tenant="default",
-                               enqueued_at=time.time(), deadline_at=None)
+    fields = new_record_fields(
+        spec, job_id=job_id, tenant="default", enqueued_at=time.time(), deadline_at=None
+    )
     fields.update(state=JobState.RUNNING.value, worker="gone@nowhere", attempts=str(attempts))
     client.store.create([fields])
     client.store.redis.zadd(names.LEASES, {job_id: time.time() - 1})
@@ -154,8 +164,13 @@ def test_the_reaper_counts_attempts_and_gives_up_at_the_last(
     assert redone.state is JobState.SUCCEEDED and redone.attempts == 2
     given_up = client.result(last, timeout=120)
     assert given_up.state is JobState.FAILED and given_up.attempts == MAX_ATTEMPTS
-    assert given_up.error == (f"its lease expired on attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS} "
-                              "(its worker died or hung while running it)")
-    dead = wait_for(lambda: [d for d in list_dead(client, model_name) if d.job_id == last],
-                    timeout=30, what="the dead letter")
+    assert given_up.error == (
+        f"its lease expired on attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS} "
+        "(its worker died or hung while running it)"
+    )
+    dead = wait_for(
+        lambda: [d for d in list_dead(client, model_name) if d.job_id == last],
+        timeout=30,
+        what="the dead letter",
+    )
     assert (dead[0].reason, dead[0].attempts) == (given_up.error, MAX_ATTEMPTS)

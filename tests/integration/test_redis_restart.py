@@ -26,8 +26,16 @@ HALF = 150  # submitted before the restart, and as many after it: 300 in all
 
 
 def jobs(model: str, tag: str) -> list[dict[str, Any]]:
-    return [{"model": model, "prompt": f"{tag} job {i}", "priority": i % 10, "max_tokens": 48,
-             "ignore_eos": True} for i in range(HALF)]
+    return [
+        {
+            "model": model,
+            "prompt": f"{tag} job {i}",
+            "priority": i % 10,
+            "max_tokens": 48,
+            "ignore_eos": True,
+        }
+        for i in range(HALF)
+    ]
 
 
 def worker_saw_redis_down(worker: WorkerProcess) -> bool:
@@ -40,9 +48,11 @@ def worker_saw_redis_down(worker: WorkerProcess) -> bool:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("private_redis", "how"), [("everysec", "shutdown"),
-                                                    ("always", "kill -9")],
-                         indirect=["private_redis"])
+@pytest.mark.parametrize(
+    ("private_redis", "how"),
+    [("everysec", "shutdown"), ("always", "kill -9")],
+    indirect=["private_redis"],
+)
 def test_redis_restart_mid_run_loses_nothing(
     make_worker: Any, private_redis: PrivateRedis, how: str
 ) -> None:
@@ -53,14 +63,20 @@ def test_redis_restart_mid_run_loses_nothing(
     try:
         worker = make_worker(model_name=model, max_num_seqs=8, env=env, name="redis")
         first = client.submit_many(jobs(model, "before"))
-        wait_for(lambda: sum(1 for r in client.status_many(first) if r.done) >= 20
-                 and any(r.state is JobState.RUNNING for r in client.status_many(first)),
-                 timeout=300, what="20 jobs done and more running")
+        wait_for(
+            lambda: (
+                sum(1 for r in client.status_many(first) if r.done) >= 20
+                and any(r.state is JobState.RUNNING for r in client.status_many(first))
+            ),
+            timeout=300,
+            what="20 jobs done and more running",
+        )
 
         # A client already waiting when Redis goes away keeps waiting through the outage.
         waited: list[list[JobRecord]] = []
-        thread = threading.Thread(target=lambda: waited.append(
-            waiter.wait_many(first, timeout=600)), daemon=True)
+        thread = threading.Thread(
+            target=lambda: waited.append(waiter.wait_many(first, timeout=600)), daemon=True
+        )
         thread.start()
 
         before = {r.id: r.text for r in client.status_many(first) if r.done}
@@ -68,8 +84,12 @@ def test_redis_restart_mid_run_loses_nothing(
             private_redis.shutdown()
         else:
             private_redis.kill()
-        wait_for(lambda: worker_saw_redis_down(worker), timeout=60,
-                 what="the worker to notice Redis is down", interval=0.2)
+        wait_for(
+            lambda: worker_saw_redis_down(worker),
+            timeout=60,
+            what="the worker to notice Redis is down",
+            interval=0.2,
+        )
         private_redis.start()
 
         # Everything stored before the restart is there, unchanged.
@@ -89,5 +109,10 @@ def test_redis_restart_mid_run_loses_nothing(
         waiter.close()
     line = audit(private_redis.url, client.settings, first + second, records)
     print(f"redis restart ({how}): {line}")
-    assert line.counts() == {"accepted": 2 * HALF, "succeeded": 2 * HALF, "failed": 0,
-                             "lost": 0, "duplicated": 0}
+    assert line.counts() == {
+        "accepted": 2 * HALF,
+        "succeeded": 2 * HALF,
+        "failed": 0,
+        "lost": 0,
+        "duplicated": 0,
+    }

@@ -38,8 +38,9 @@ def test_kill_9_twice_during_a_run_loses_nothing(make_worker: Any) -> None:
     try:
         ids = submit_batch(client, model, max_tokens=48)
         for round_ in range(2):
-            victim = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES,
-                                 name=f"victim{round_}")
+            victim = make_worker(
+                model_name=model, max_num_seqs=8, env=FAST_LEASES, name=f"victim{round_}"
+            )
             # Kill while it holds running and unstarted jobs.
             wait_until_running(client, ids, victim, timeout=120)
             victim.kill()
@@ -65,14 +66,19 @@ def test_sigterm_finishes_or_hands_back_everything(make_worker: Any) -> None:
     try:
         ids = submit_batch(client, model, max_tokens=48)
         worker = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="term")
-        wait_for(lambda: sum(1 for r in client.status_many(ids) if r.done) >= 30,
-                 timeout=120, what="30 jobs done")
+        wait_for(
+            lambda: sum(1 for r in client.status_many(ids) if r.done) >= 30,
+            timeout=120,
+            what="30 jobs done",
+        )
         assert worker.stop() == 0  # SIGTERM: warm shutdown, exit 0
         after_stop = client.status_many(ids)
-        assert not any(r.state is JobState.RUNNING for r in after_stop), \
+        assert not any(r.state is JobState.RUNNING for r in after_stop), (
             "a job was left running by a gracefully stopped worker"
-        assert not queue_exists(client.settings.broker_url, names.idle_queue(worker.hostname)), \
+        )
+        assert not queue_exists(client.settings.broker_url, names.idle_queue(worker.hostname)), (
             "the stopped worker left its Celery queue behind"
+        )
         again = make_worker(model_name=model, max_num_seqs=8, env=FAST_LEASES, name="term2")
         records = client.wait_many(ids, timeout=600)
         again.stop()

@@ -34,22 +34,36 @@ def test_an_empty_engine_surges_and_a_full_one_holds_only_its_window(make_worker
     stats = redis.Redis.from_url(client.settings.redis_url, decode_responses=True)
     queue = names.level_queue(model, 0)
     try:
-        ids = client.submit_many([{"model": model, "prompt": f"job {i}", "max_tokens": 48,
-                                   "ignore_eos": True} for i in range(240)])
+        ids = client.submit_many(
+            [
+                {"model": model, "prompt": f"job {i}", "max_tokens": 48, "ignore_eos": True}
+                for i in range(240)
+            ]
+        )
         # The first jobs found the engine empty: a surge started (its consumer is the
         # second one on the queue), and once the engine was full it was cancelled.
-        wait_for(lambda: int(stats.hget(names.worker_stats_key(worker.hostname), "surges")
-                             or 0) >= 1, timeout=120, what="a surge")
-        wait_for(lambda: _consumers(client.settings.broker_url, queue) == 1, timeout=120,
-                 what="the surge consumer cancelled while the engine is full", interval=0.05)
+        wait_for(
+            lambda: int(stats.hget(names.worker_stats_key(worker.hostname), "surges") or 0) >= 1,
+            timeout=120,
+            what="a surge",
+        )
+        wait_for(
+            lambda: _consumers(client.settings.broker_url, queue) == 1,
+            timeout=120,
+            what="the surge consumer cancelled while the engine is full",
+            interval=0.05,
+        )
         held = int(stats.hget(names.worker_stats_key(worker.hostname), "held") or 0)
         assert held <= 16 + 2  # never more than the engine's room plus the window
         records = client.wait_many(ids, timeout=600)
         assert all(r.state is JobState.SUCCEEDED and r.attempts == 1 for r in records)
         assert all(r.usage and r.usage.completion_tokens == 48 for r in records)
         # Idle again, the engine all room: ready for the next burst with a surge consumer.
-        wait_for(lambda: _consumers(client.settings.broker_url, queue) == 2, timeout=60,
-                 what="a surge consumer on an idle worker")
+        wait_for(
+            lambda: _consumers(client.settings.broker_url, queue) == 2,
+            timeout=60,
+            what="a surge consumer on an idle worker",
+        )
     finally:
         stats.close()
         client.close()

@@ -13,8 +13,12 @@ from genq.schema import JobSpec
 from genq.settings import ClientSettings
 from genq.store import SCRIPT_PREFIXES, new_record_fields
 
-BASE: dict[str, Any] = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 16,
-                        "temperature": 0.0}
+BASE: dict[str, Any] = {
+    "model": "tiny",
+    "prompt": "Once upon a time",
+    "max_tokens": 16,
+    "temperature": 0.0,
+}
 
 
 def key(**changes: Any) -> str | None:
@@ -23,20 +27,28 @@ def key(**changes: Any) -> str | None:
 
 def test_who_asks_how_urgently_and_by_when_share_one_key() -> None:
     assert key() is not None
-    assert key(priority=9) == key(tenant="acme") == key(deadline=30.0) == \
-        key(idempotency_key="k-1") == key()
+    assert (
+        key(priority=9)
+        == key(tenant="acme")
+        == key(deadline=30.0)
+        == key(idempotency_key="k-1")
+        == key()
+    )
 
 
-@pytest.mark.parametrize("change", [
-    {"model": "other"},
-    {"prompt": "Once upon a time."},
-    {"max_tokens": 17},
-    {"temperature": 0.7, "seed": 1},
-    {"top_p": 0.9},
-    {"stop": ["\n"]},
-    {"seed": 1},
-    {"ignore_eos": True},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"},
+        {"prompt": "Once upon a time."},
+        {"max_tokens": 17},
+        {"temperature": 0.7, "seed": 1},
+        {"top_p": 0.9},
+        {"stop": ["\n"]},
+        {"seed": 1},
+        {"ignore_eos": True},
+    ],
+)
 def test_what_changes_the_text_changes_the_key(change: dict[str, Any]) -> None:
     assert key(**change) is not None
     assert key(**change) != key()
@@ -75,11 +87,21 @@ def test_a_cacheable_record_carries_its_key_and_the_cache_settings() -> None:
     spec = JobSpec.model_validate(BASE)
     plain = new_record_fields(spec, job_id="a", tenant="t", enqueued_at=1.0, deadline_at=None)
     assert "cache_key" not in plain
-    fields = new_record_fields(spec, job_id="a", tenant="t", enqueued_at=1.0,
-                               deadline_at=None, cache_key="k", cache_ttl=60,
-                               cache_max_bytes=1000)
-    assert (fields["cache_key"], fields["cache_ttl"], fields["cache_max_bytes"]) == \
-        ("k", "60", "1000")
+    fields = new_record_fields(
+        spec,
+        job_id="a",
+        tenant="t",
+        enqueued_at=1.0,
+        deadline_at=None,
+        cache_key="k",
+        cache_ttl=60,
+        cache_max_bytes=1000,
+    )
+    assert (fields["cache_key"], fields["cache_ttl"], fields["cache_max_bytes"]) == (
+        "k",
+        "60",
+        "1000",
+    )
 
 
 def test_hit_rate_counts_followers_as_work_saved() -> None:
@@ -99,8 +121,13 @@ def test_cache_settings_are_bounded() -> None:
 
 
 def test_cache_keys_live_under_genq_and_apart_from_jobs() -> None:
-    keys = {names.cache_entry_key("d"), names.flight_key("d"), names.followers_key("d"),
-            names.job_key("d"), names.CACHE_STATS}
+    keys = {
+        names.cache_entry_key("d"),
+        names.flight_key("d"),
+        names.followers_key("d"),
+        names.job_key("d"),
+        names.CACHE_STATS,
+    }
     assert len(keys) == 5 and all(k.startswith("genq:") for k in keys)
     assert names.job_key("d").startswith(SCRIPT_PREFIXES[0])
     assert names.celery_result_key("d").startswith(SCRIPT_PREFIXES[1])

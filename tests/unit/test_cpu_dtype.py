@@ -14,6 +14,7 @@ def cpu(monkeypatch: pytest.MonkeyPatch):
     def features(*, avx512_bf16: bool, amx: bool) -> None:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
     return features
 
 

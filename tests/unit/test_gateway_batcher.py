@@ -39,8 +39,10 @@ def test_requests_arriving_during_a_submission_go_together_in_the_next() -> None
             first = asyncio.ensure_future(batcher.submit(specs(1, "a")))
             while not first_out.is_set():
                 await asyncio.sleep(0.01)
-            rest = [asyncio.ensure_future(batcher.submit(specs(n, tag)))
-                    for n, tag in ((2, "b"), (1, "c"), (3, "d"))]
+            rest = [
+                asyncio.ensure_future(batcher.submit(specs(n, tag)))
+                for n, tag in ((2, "b"), (1, "c"), (3, "d"))
+            ]
             await asyncio.sleep(0.05)
             release.set()
             answers = [await first] + [await r for r in rest]
@@ -56,15 +58,21 @@ def test_requests_arriving_during_a_submission_go_together_in_the_next() -> None
 def test_a_partly_published_batch_fails_only_the_requests_that_lost_jobs() -> None:
     def submit_many(batch: list[JobSpec]) -> list[str]:
         # Positions 0, 1 and 3 confirmed; 2 and 4 not.
-        raise PublishError("the broker went away", accepted=["j0", "j1", "j3"],
-                           accepted_positions=[0, 1, 3], unaccepted=[2, 4])
+        raise PublishError(
+            "the broker went away",
+            accepted=["j0", "j1", "j3"],
+            accepted_positions=[0, 1, 3],
+            unaccepted=[2, 4],
+        )
 
     async def main() -> list[list[str] | BaseException]:
         with ThreadPoolExecutor(1) as pool:
             batcher = Batcher(submit_many, pool)
             # Queued before the batcher runs: the three go in one batch.
-            calls = [asyncio.ensure_future(batcher.submit(specs(n, t)))
-                     for n, t in ((2, "a"), (1, "b"), (2, "c"))]
+            calls = [
+                asyncio.ensure_future(batcher.submit(specs(n, t)))
+                for n, t in ((2, "a"), (1, "b"), (2, "c"))
+            ]
             batcher.start()
             answers = await asyncio.gather(*calls, return_exceptions=True)
             await batcher.stop()

@@ -86,29 +86,45 @@ def test_field_paths_read_like_the_request() -> None:
 
 
 def test_a_union_error_names_every_member() -> None:
-    error = request_error([
-        {"type": "string_type", "loc": ("body", "prompt", "str"),
-         "msg": "Input should be a valid string"},
-        {"type": "list_type", "loc": ("body", "prompt", "list[str]"),
-         "msg": "Input should be a valid list"},
-        {"type": "missing", "loc": ("body", "model"), "msg": "Field required"},
-    ])
+    error = request_error(
+        [
+            {
+                "type": "string_type",
+                "loc": ("body", "prompt", "str"),
+                "msg": "Input should be a valid string",
+            },
+            {
+                "type": "list_type",
+                "loc": ("body", "prompt", "list[str]"),
+                "msg": "Input should be a valid list",
+            },
+            {"type": "missing", "loc": ("body", "model"), "msg": "Field required"},
+        ]
+    )
     assert error.status_code == 422 and error.param == "prompt"
-    assert error.message == ("prompt: Input should be a valid string, or Input should be a "
-                             "valid list")
-    assert request_error([{"type": "missing", "loc": ("body", "model"),
-                           "msg": "Field required"}]).message == "model: required"
+    assert error.message == (
+        "prompt: Input should be a valid string, or Input should be a valid list"
+    )
+    assert (
+        request_error(
+            [{"type": "missing", "loc": ("body", "model"), "msg": "Field required"}]
+        ).message
+        == "model: required"
+    )
 
 
-def run_asgi(app: Any, body: bytes, *, chunks: int = 1,
-             content_length: bool = True) -> tuple[int, dict[str, Any]]:
+def run_asgi(
+    app: Any, body: bytes, *, chunks: int = 1, content_length: bool = True
+) -> tuple[int, dict[str, Any]]:
     """Drive an ASGI app with one POST; returns the status and the JSON body."""
     headers = [(b"content-length", str(len(body)).encode())] if content_length else []
     scope = {"type": "http", "path": "/v1/jobs", "method": "POST", "headers": headers}
     size = max(1, len(body) // chunks)
-    parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
-    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
-                for i, p in enumerate(parts)]
+    parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    messages = [
+        {"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+        for i, p in enumerate(parts)
+    ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -136,8 +152,13 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps({"n": len(body)}).encode()})
 
 
@@ -146,7 +167,8 @@ def test_body_limit_by_content_length_and_while_streaming() -> None:
     assert run_asgi(app, b"x" * 100) == (200, {"n": 100})
     status, body = run_asgi(app, b"x" * 101)
     assert status == 413
-    assert body["error"]["message"] == ("request body: 101 bytes is over the limit of 100 "
-                                        "bytes (GENQ_MAX_BODY_BYTES)")
+    assert body["error"]["message"] == (
+        "request body: 101 bytes is over the limit of 100 bytes (GENQ_MAX_BODY_BYTES)"
+    )
     status, body = run_asgi(app, b"x" * 250, chunks=5, content_length=False)
     assert status == 413 and "GENQ_MAX_BODY_BYTES" in body["error"]["message"]

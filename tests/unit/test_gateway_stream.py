@@ -16,17 +16,22 @@ def event(raw: bytes) -> dict[str, Any]:
 
 
 def test_chat_chunks_have_openais_shape() -> None:
-    writer = ChunkWriter(kind="chat", id="chatcmpl-1", model="tiny", created=7,
-                         include_usage=True)
-    role, text, end = (event(writer.role(0)), event(writer.text(0, "hi")),
-                       event(writer.finish(0, "length")))
+    writer = ChunkWriter(kind="chat", id="chatcmpl-1", model="tiny", created=7, include_usage=True)
+    role, text, end = (
+        event(writer.role(0)),
+        event(writer.text(0, "hi")),
+        event(writer.finish(0, "length")),
+    )
     assert role["object"] == "chat.completion.chunk" and role["usage"] is None
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert text["choices"][0] == {"index": 0, "logprobs": None, "finish_reason": None,
-                                  "delta": {"content": "hi"}}
+    assert text["choices"][0] == {
+        "index": 0,
+        "logprobs": None,
+        "finish_reason": None,
+        "delta": {"content": "hi"},
+    }
     assert end["choices"][0]["finish_reason"] == "length" and end["choices"][0]["delta"] == {}
-    usage = event(writer.usage({"prompt_tokens": 1, "completion_tokens": 2,
-                                "total_tokens": 3}))
+    usage = event(writer.usage({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}))
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 3
     assert DONE == b"data: [DONE]\n\n"
 
@@ -39,26 +44,33 @@ def test_completion_chunks_carry_text() -> None:
 
 
 def record(text: str) -> JobRecord:
-    return JobRecord(id="j", state=JobState.SUCCEEDED, model="tiny", priority=0,
-                     tenant="t", enqueued_at=0.0, text=text)
+    return JobRecord(
+        id="j",
+        state=JobState.SUCCEEDED,
+        model="tiny",
+        priority=0,
+        tenant="t",
+        enqueued_at=0.0,
+        text=text,
+    )
 
 
 def test_pieces_are_relayed_once_even_when_a_rerun_repeats_them() -> None:
     choice = _Choice(0, "j")
     assert choice.take(0, "Once ") == "Once "
     assert choice.take(5, "upon") == "upon"
-    assert choice.take(0, "Once up") == ""        # a rerun, repeating the same text
-    assert choice.take(7, "on a") == " a"         # ... and going past what was sent
+    assert choice.take(0, "Once up") == ""  # a rerun, repeating the same text
+    assert choice.take(7, "on a") == " a"  # ... and going past what was sent
     assert choice.rest(record("Once upon a time")) == " time"
 
 
 def test_a_gap_or_a_diverging_rerun_leaves_the_rest_to_the_record() -> None:
     gap = _Choice(0, "j")
     assert gap.take(0, "Once") == "Once"
-    assert gap.take(9, "a time") == ""           # the stream's head was trimmed
-    assert gap.take(4, " upon") == ""            # stopped relaying for good
+    assert gap.take(9, "a time") == ""  # the stream's head was trimmed
+    assert gap.take(4, " upon") == ""  # stopped relaying for good
     assert gap.rest(record("Once upon a time")) == " upon a time"
     other = _Choice(0, "j")
     other.take(0, "Once")
-    assert other.take(0, "Twice") == ""          # a sampled rerun took another path
+    assert other.take(0, "Twice") == ""  # a sampled rerun took another path
     assert other.rest(record("Twice upon")) == ""  # can't retract what was sent

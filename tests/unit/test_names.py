@@ -19,6 +19,10 @@ def test_celery_result_key_is_celerys_own() -> None:
 
 
 def test_redis_keys_share_the_genq_prefix() -> None:
-    for key in (names.job_key("x"), names.idempotency_key("t", "k"), names.LEASES,
-                names.CANCEL_CHANNEL):
+    for key in (
+        names.job_key("x"),
+        names.idempotency_key("t", "k"),
+        names.LEASES,
+        names.CANCEL_CHANNEL,
+    ):
         assert key.startswith("genq:")

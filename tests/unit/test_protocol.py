@@ -26,8 +26,9 @@ from genq.store import new_record_fields
 
 def test_round_trip_keeps_the_enqueue_time_and_attempts() -> None:
     spec = parse_spec({"model": "tiny", "prompt": "hi", "priority": 4, "max_tokens": 8})
-    headers, body = encode_task(spec, job_id="j1", enqueued_at=1234.5678901,
-                                deadline_at=None, attempts=2)
+    headers, body = encode_task(
+        spec, job_id="j1", enqueued_at=1234.5678901, deadline_at=None, attempts=2
+    )
     message = decode_task(headers, body)
     assert message.job_id == "j1"
     assert message.spec == spec
@@ -50,11 +51,17 @@ def test_it_is_a_celery_v2_task_message() -> None:
         ({"task": "other.task", "id": "x"}, b"[]", "headers.task"),
         ({"task": names.TASK_NAME}, b"[]", "headers.id"),
         ({"task": names.TASK_NAME, "id": "x"}, b"not json", "body"),
-        ({"task": names.TASK_NAME, "id": "x"}, b'[[], {}, {}]', "spec"),
-        ({"task": names.TASK_NAME, "id": "x"}, b'[[], {"spec": {"model": "m"}}, {}]',
-         "exactly one"),
-        ({"task": names.TASK_NAME, "id": "x"},
-         b'[[], {"spec": {"model": "m", "prompt": "p"}}, {}]', "enqueue time"),
+        ({"task": names.TASK_NAME, "id": "x"}, b"[[], {}, {}]", "spec"),
+        (
+            {"task": names.TASK_NAME, "id": "x"},
+            b'[[], {"spec": {"model": "m"}}, {}]',
+            "exactly one",
+        ),
+        (
+            {"task": names.TASK_NAME, "id": "x"},
+            b'[[], {"spec": {"model": "m", "prompt": "p"}}, {}]',
+            "enqueue time",
+        ),
     ],
 )
 def test_malformed_messages_say_why(headers: dict, body: bytes, words: str) -> None:
@@ -64,30 +71,39 @@ def test_malformed_messages_say_why(headers: dict, body: bytes, words: str) -> N
 
 def test_a_message_rebuilt_from_its_record_is_the_message_submitted() -> None:
     spec = parse_spec({"model": "tiny", "prompt": "hi", "priority": 3, "max_tokens": 8})
-    record = new_record_fields(spec, job_id="j1", tenant="t", enqueued_at=1234.5678901,
-                               deadline_at=1300.25)
+    record = new_record_fields(
+        spec, job_id="j1", tenant="t", enqueued_at=1234.5678901, deadline_at=1300.25
+    )
     record["attempts"] = "2"
     message = TaskMessage.from_record("j1", record)
-    assert message == TaskMessage(job_id="j1", spec=spec, enqueued_at=1234.5678901,
-                                  deadline_at=1300.25, attempts=2)
+    assert message == TaskMessage(
+        job_id="j1", spec=spec, enqueued_at=1234.5678901, deadline_at=1300.25, attempts=2
+    )
     assert decode_task(*message.encode()) == message
     assert decode_task(*message.encode(attempts=0)).attempts == 0
-    assert message.encode() == encode_task(spec, job_id="j1", enqueued_at=1234.5678901,
-                                           deadline_at=1300.25, attempts=2)
-    no_deadline = new_record_fields(spec, job_id="j2", tenant="t", enqueued_at=1.0,
-                                    deadline_at=None)
+    assert message.encode() == encode_task(
+        spec, job_id="j1", enqueued_at=1234.5678901, deadline_at=1300.25, attempts=2
+    )
+    no_deadline = new_record_fields(
+        spec, job_id="j2", tenant="t", enqueued_at=1.0, deadline_at=None
+    )
     assert TaskMessage.from_record("j2", no_deadline).deadline_at is None
 
 
-@pytest.mark.parametrize("damage", [
-    {"spec": "{not json"},
-    {"enqueued_at": "soon"},
-    {"attempts": "many"},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"spec": "{not json"},
+        {"enqueued_at": "soon"},
+        {"attempts": "many"},
+    ],
+)
 def test_an_unreadable_record_raises_value_error(damage: dict[str, str]) -> None:
     spec = parse_spec({"model": "tiny", "prompt": "hi"})
-    record = {**new_record_fields(spec, job_id="j", tenant="t", enqueued_at=1.0,
-                                  deadline_at=None), **damage}
+    record = {
+        **new_record_fields(spec, job_id="j", tenant="t", enqueued_at=1.0, deadline_at=None),
+        **damage,
+    }
     with pytest.raises(ValueError):
         TaskMessage.from_record("j", record)
     with pytest.raises(KeyError):
@@ -112,4 +128,3 @@ def test_every_job_message_is_persistent_json_keyed_by_its_job() -> None:
     assert props.delivery_mode == pika.DeliveryMode.Persistent.value
     assert (props.content_type, props.content_encoding) == ("application/json", "utf-8")
     assert (props.correlation_id, props.headers, props.priority) == ("j1", {"h": 1}, 4)
-

@@ -67,7 +67,7 @@ def test_after_giving_back_the_next_delivery_may_be_as_good_as_what_went_back() 
     watch.delivered(9, key(9, 101.0))  # latest: the worse one
     watch.given_back(9, key(9, 100.0))  # both go back to the queue's head
     watch.given_back(9, key(9, 101.0))
-    watch.expect(9, 2, now=200.0)       # consuming again
+    watch.expect(9, 2, now=200.0)  # consuming again
     # A level-9 job between the two returned ones in key must wait for them.
     assert watch.held_back(key(9, 100.5), now=200.01) is not None
 

@@ -29,12 +29,17 @@ POLICIES = [p.value for p in Policy]
 # it). Time only moves forward; each pop happens `step` seconds after the previous event.
 streams = st.lists(
     st.tuples(st.floats(0, 120), st.integers(0, 9), st.integers(0, 3)),
-    min_size=1, max_size=60,
+    min_size=1,
+    max_size=60,
 )
 
 
-def _interleave(queue: AdmissionQueue, stream: list[tuple[float, int, int]], step: float,
-                check: Callable[[Candidate[Any], dict[str, Candidate[Any]], float], None]) -> None:
+def _interleave(
+    queue: AdmissionQueue,
+    stream: list[tuple[float, int, int]],
+    step: float,
+    check: Callable[[Candidate[Any], dict[str, Candidate[Any]], float], None],
+) -> None:
     """Feed `stream` to `queue`, popping as it says (and draining at the end); `check` sees
     each chosen candidate with everything visible at that moment and the time."""
     visible: dict[str, Candidate[Any]] = {}
@@ -49,8 +54,9 @@ def _interleave(queue: AdmissionQueue, stream: list[tuple[float, int, int]], ste
 
     for i, (gap, level, pops) in enumerate(stream):
         now += gap
-        candidate: Candidate[None] = Candidate(job_id=str(i), priority=level, enqueued_at=now,
-                                               tenant=str(i % 3))
+        candidate: Candidate[None] = Candidate(
+            job_id=str(i), priority=level, enqueued_at=now, tenant=str(i % 3)
+        )
         queue.add(candidate)
         visible[candidate.job_id] = candidate
         for _ in range(min(pops, len(visible))):
@@ -59,9 +65,11 @@ def _interleave(queue: AdmissionQueue, stream: list[tuple[float, int, int]], ste
         pop()
     assert len(queue) == 0
 
+
 jobs = st.lists(
     st.tuples(st.integers(0, 9), st.floats(0, 10_000, allow_nan=False)),
-    min_size=1, max_size=60,
+    min_size=1,
+    max_size=60,
 )
 
 
@@ -90,10 +98,12 @@ def test_every_pop_is_the_best_scored_visible_job(
     now = 20_000.0
     while visible:
         chosen = queue.pop()
-        best = max(score(c.priority, c.enqueued_at, now, alpha=ALPHA, beta=BETA)
-                   for c in visible.values())
-        assert score(chosen.priority, chosen.enqueued_at, now, alpha=ALPHA, beta=BETA) \
-            == pytest.approx(best)
+        best = max(
+            score(c.priority, c.enqueued_at, now, alpha=ALPHA, beta=BETA) for c in visible.values()
+        )
+        assert score(
+            chosen.priority, chosen.enqueued_at, now, alpha=ALPHA, beta=BETA
+        ) == pytest.approx(best)
         del visible[chosen.job_id]
     assert len(queue) == 0
 
@@ -103,10 +113,12 @@ def test_every_admission_over_time_is_the_best_scored_visible_job(
     stream: list[tuple[float, int, int]], step: float
 ) -> None:
     def check(chosen: Candidate[Any], visible: dict[str, Candidate[Any]], now: float) -> None:
-        best = max(score(c.priority, c.enqueued_at, now, alpha=ALPHA, beta=BETA)
-                   for c in visible.values())
-        assert score(chosen.priority, chosen.enqueued_at, now, alpha=ALPHA, beta=BETA) \
-            == pytest.approx(best)
+        best = max(
+            score(c.priority, c.enqueued_at, now, alpha=ALPHA, beta=BETA) for c in visible.values()
+        )
+        assert score(
+            chosen.priority, chosen.enqueued_at, now, alpha=ALPHA, beta=BETA
+        ) == pytest.approx(best)
 
     _interleave(create_admission_queue("score", alpha=ALPHA, beta=BETA), stream, step, check)
 

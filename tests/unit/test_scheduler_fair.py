@@ -19,10 +19,12 @@ ALPHA, BETA = 1.0, 1 / 30  # 30 s per level; the default band, 2 levels, is 60 s
 SIMULATION = settings(deadline=None)
 
 
-def _fair(*, fair_levels: float = DEFAULT_FAIR_LEVELS,
-          fair_weights: Mapping[str, float] | None = None) -> FairQueue:
-    queue = create_admission_queue("fair", alpha=ALPHA, beta=BETA, fair_levels=fair_levels,
-                                   fair_weights=fair_weights)
+def _fair(
+    *, fair_levels: float = DEFAULT_FAIR_LEVELS, fair_weights: Mapping[str, float] | None = None
+) -> FairQueue:
+    queue = create_admission_queue(
+        "fair", alpha=ALPHA, beta=BETA, fair_levels=fair_levels, fair_weights=fair_weights
+    )
     assert isinstance(queue, FairQueue)
     return queue
 
@@ -61,13 +63,25 @@ def _serve(queue: FairQueue, jobs: list[Job], *, slots: int) -> list[Pop]:
             charged[job.tenant] = charged.get(job.tenant, 0) + job.output
         while n < len(pending) and pending[n][1].arrives <= tick:
             index, job = pending[n]
-            queue.add(Candidate(job_id=str(index), priority=5, enqueued_at=float(job.arrives),
-                                tenant=job.tenant, cost=job.prompt, payload=job))
+            queue.add(
+                Candidate(
+                    job_id=str(index),
+                    priority=5,
+                    enqueued_at=float(job.arrives),
+                    tenant=job.tenant,
+                    cost=job.prompt,
+                    payload=job,
+                )
+            )
             held[job.tenant] = held.get(job.tenant, 0) + 1
             n += 1
         while len(running) < slots and len(queue):
-            pop = Pop(tenant="", tick=tick, held=frozenset(t for t, k in held.items() if k),
-                      counters={t: queue.counter(t) for t in held})
+            pop = Pop(
+                tenant="",
+                tick=tick,
+                held=frozenset(t for t, k in held.items() if k),
+                counters={t: queue.counter(t) for t in held},
+            )
             chosen = queue.pop()
             job = chosen.payload
             pop.tenant = job.tenant
@@ -102,12 +116,19 @@ def _served_in(run: list[Pop], pops: list[Pop], tenant: str) -> float:
 def _flood(draw: st.DrawFn, *, max_prompt: int, max_output: int) -> list[Job]:
     """Tenant A submits 10x as many jobs as B, all within 50 s (inside the 60 s band)."""
     b_jobs = draw(st.integers(1, 8))
-    job = st.builds(Job, st.just(""), st.integers(0, 50), st.integers(1, max_prompt),
-                    st.integers(0, max_output), st.integers(1, 5))
+    job = st.builds(
+        Job,
+        st.just(""),
+        st.integers(0, 50),
+        st.integers(1, max_prompt),
+        st.integers(0, max_output),
+        st.integers(1, 5),
+    )
     a = draw(st.lists(job, min_size=10 * b_jobs, max_size=10 * b_jobs))
     b = draw(st.lists(job, min_size=b_jobs, max_size=b_jobs))
-    return [Job("A", j.arrives, j.prompt, j.output, j.duration) for j in a] + \
-           [Job("B", j.arrives, j.prompt, j.output, j.duration) for j in b]
+    return [Job("A", j.arrives, j.prompt, j.output, j.duration) for j in a] + [
+        Job("B", j.arrives, j.prompt, j.output, j.duration) for j in b
+    ]
 
 
 @st.composite
@@ -151,23 +172,25 @@ def test_with_output_charged_at_the_end_the_bound_grows_by_what_is_in_flight(
     # before the stretch and its first (≤ C·U_o), which the service counts and the first
     # gap does not (2 × 400 alone is exceeded: 801 and 901 are reachable).
     for run in _stretches(pops, "A", "B"):
-        assert abs(_served_in(run, pops, "A") - _served_in(run, pops, "B")) \
+        assert (
+            abs(_served_in(run, pops, "A") - _served_in(run, pops, "B"))
             <= 2 * bound + 100 + slots * 300
+        )
 
 
 @SIMULATION
-@given(st.integers(1, 4), st.integers(1, 55), st.lists(st.integers(1, 100), min_size=200,
-                                                       max_size=200))
+@given(
+    st.integers(1, 4), st.integers(1, 55), st.lists(st.integers(1, 100), min_size=200, max_size=200)
+)
 def test_a_late_tenant_inside_the_band_is_not_starved(
     flooders: int, late: int, costs: list[int]
 ) -> None:
     # `flooders` tenants hold 50 jobs each from t = 0; B's one job arrives at `late` s, inside
     # the band: it is admitted before any flooder is admitted twice.
-    jobs = [Job(f"A{k}", 0, costs[k * 50 + i], 10, 1) for k in range(flooders)
-            for i in range(50)]
+    jobs = [Job(f"A{k}", 0, costs[k * 50 + i], 10, 1) for k in range(flooders) for i in range(50)]
     pops = _serve(_fair(), [*jobs, Job("B", late, 1, 0, 1)], slots=1)
     after = [pop.tenant for pop in pops if pop.tick >= late]
-    assert "B" in after[:flooders + 1]
+    assert "B" in after[: flooders + 1]
 
 
 def test_beyond_the_band_score_decides() -> None:
@@ -235,30 +258,40 @@ def test_a_removed_job_is_not_charged_and_its_tenant_leaves() -> None:
 
 
 @SIMULATION
-@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 600), st.integers(0, 3),
-                          st.integers(1, 100)), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 600), st.integers(0, 3), st.integers(1, 100)),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_with_a_zero_band_every_admission_is_the_best_scored(
-    jobs: list[tuple[int, int, int, int]]
+    jobs: list[tuple[int, int, int, int]],
 ) -> None:
     queue = _fair(fair_levels=0.0)
     visible = {}
     for n, (level, t, tenant, cost) in enumerate(jobs):
-        candidate: Candidate[None] = Candidate(job_id=str(n), priority=level,
-                                               enqueued_at=float(t), tenant=str(tenant),
-                                               cost=cost)
+        candidate: Candidate[None] = Candidate(
+            job_id=str(n), priority=level, enqueued_at=float(t), tenant=str(tenant), cost=cost
+        )
         queue.add(candidate)
         visible[candidate.job_id] = candidate
     while visible:
         chosen = queue.pop()
-        best = max(score(c.priority, c.enqueued_at, 600.0, alpha=ALPHA, beta=BETA)
-                   for c in visible.values())
-        assert score(chosen.priority, chosen.enqueued_at, 600.0, alpha=ALPHA, beta=BETA) \
-            == pytest.approx(best)
+        best = max(
+            score(c.priority, c.enqueued_at, 600.0, alpha=ALPHA, beta=BETA)
+            for c in visible.values()
+        )
+        assert score(
+            chosen.priority, chosen.enqueued_at, 600.0, alpha=ALPHA, beta=BETA
+        ) == pytest.approx(best)
         del visible[chosen.job_id]
 
 
-@pytest.mark.parametrize(("levels", "weights"), [(-1.0, None), (float("inf"), None),
-                                                (2.0, {"A": 0.0}), (2.0, {"A": float("nan")})])
+@pytest.mark.parametrize(
+    ("levels", "weights"),
+    [(-1.0, None), (float("inf"), None), (2.0, {"A": 0.0}), (2.0, {"A": float("nan")})],
+)
 def test_nonsense_options_are_refused(levels: float, weights: dict[str, float] | None) -> None:
     with pytest.raises(ValueError):
         _fair(fair_levels=levels, fair_weights=weights)

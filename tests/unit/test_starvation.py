@@ -22,6 +22,7 @@ SIMULATION = settings(deadline=None)
 
 # -- the audit on hand-made records --------------------------------------------------------
 
+
 def test_nothing_to_audit() -> None:
     assert audit([], alpha=ALPHA, beta=BETA) == 0
 
@@ -99,25 +100,34 @@ records = st.lists(
 
 
 @SIMULATION
-@given(records, st.sampled_from([(1.0, 1 / 30), (2.0, 0.5), (1.0, 1.0)]),
-       st.sampled_from([0.0, 7.0, 60.0]), st.sampled_from([0.0, 1.0, 25.0]))
+@given(
+    records,
+    st.sampled_from([(1.0, 1 / 30), (2.0, 0.5), (1.0, 1.0)]),
+    st.sampled_from([0.0, 7.0, 60.0]),
+    st.sampled_from([0.0, 1.0, 25.0]),
+)
 def test_the_sweep_counts_what_checking_every_pair_counts(
-    raw: list[tuple[int, int, int | None]], weights: tuple[float, float], slack: float,
+    raw: list[tuple[int, int, int | None]],
+    weights: tuple[float, float],
+    slack: float,
     in_transit: float,
 ) -> None:
     alpha, beta = weights
     # started = enqueued + delay, so no job starts before it arrives.
-    starts = [(str(n), p, float(t), None if d is None else float(t + d))
-              for n, (p, t, d) in enumerate(raw)]
+    starts = [
+        (str(n), p, float(t), None if d is None else float(t + d))
+        for n, (p, t, d) in enumerate(raw)
+    ]
     expected = sum(
         1
         for _, p_i, t_i, s_i in starts
         for _, p_j, t_j, s_j in starts
-        if s_j is not None and (s_i is None or s_j < s_i) and t_i + in_transit <= s_j
+        if s_j is not None
+        and (s_i is None or s_j < s_i)
+        and t_i + in_transit <= s_j
         and t_j - t_i > alpha / beta * (p_j - p_i) + slack
     )
-    assert audit(starts, alpha=alpha, beta=beta, slack=slack, in_transit=in_transit) \
-        == expected
+    assert audit(starts, alpha=alpha, beta=beta, slack=slack, in_transit=in_transit) == expected
 
 
 # -- simulated servers ---------------------------------------------------------------------
@@ -125,20 +135,27 @@ def test_the_sweep_counts_what_checking_every_pair_counts(
 # A fixed arrival stream: (gap before this arrival, level, tenant, admission cost).
 arrivals = st.lists(
     st.tuples(st.floats(0, 120), st.integers(0, 9), st.integers(0, 3), st.integers(1, 500)),
-    min_size=1, max_size=80,
+    min_size=1,
+    max_size=80,
 )
 
 
-def _serve(queue: AdmissionQueue, stream: list[tuple[float, int, int, int]],
-           interval: float, *, output: int = 0) -> list[Start]:
+def _serve(
+    queue: AdmissionQueue,
+    stream: list[tuple[float, int, int, int]],
+    interval: float,
+    *,
+    output: int = 0,
+) -> list[Start]:
     """Admit one job every `interval` seconds (idle ticks skipped); charge `output` tokens
     to a job's tenant when the next one is admitted, as a worker would at its end."""
     pending: list[Candidate[None]] = []
     t = 0.0
     for n, (gap, level, tenant, cost) in enumerate(stream):
         t += gap
-        pending.append(Candidate(job_id=str(n), priority=level, enqueued_at=t,
-                                 tenant=f"t{tenant}", cost=cost))
+        pending.append(
+            Candidate(job_id=str(n), priority=level, enqueued_at=t, tenant=f"t{tenant}", cost=cost)
+        )
     starts: list[Start] = []
     tick, n = interval, 0
     while n < len(pending) or len(queue):
@@ -165,8 +182,7 @@ def test_score_never_overtakes_past_the_bound(
 
 
 @SIMULATION
-@given(arrivals, st.floats(0.5, 120), st.sampled_from([0.0, 1.0, 2.0, 5.0]),
-       st.integers(0, 2000))
+@given(arrivals, st.floats(0.5, 120), st.sampled_from([0.0, 1.0, 2.0, 5.0]), st.integers(0, 2000))
 def test_fair_never_overtakes_past_the_bound_plus_its_band(
     stream: list[tuple[float, int, int, int]], interval: float, levels: float, output: int
 ) -> None:

@@ -31,7 +31,7 @@ from genq.store import JobStore, celery_meta, new_record_fields
 from workers.ledger import Ledger
 
 # Both kinds of character the two JSON encoders escape differently.
-AWKWARD = "a/b ünïcødé ✓ \"quoted\"\n"
+AWKWARD = 'a/b ünïcødé ✓ "quoted"\n'
 
 
 class Flight:
@@ -40,17 +40,24 @@ class Flight:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self.cache_key = f"test-{uuid.uuid4().hex}"
-        self.spec = JobSpec.model_validate({"model": f"results-{uuid.uuid4().hex[:8]}",
-                                            "prompt": AWKWARD, "temperature": 0.0})
+        self.spec = JobSpec.model_validate(
+            {"model": f"results-{uuid.uuid4().hex[:8]}", "prompt": AWKWARD, "temperature": 0.0}
+        )
         self.job_ids: list[str] = []
 
     def submit(self) -> tuple[str, str, str | None]:
         job_id = f"test-{uuid.uuid4().hex}"
         self.job_ids.append(job_id)
-        fields = new_record_fields(self.spec, job_id=job_id, tenant="t",
-                                   enqueued_at=time.time(), deadline_at=None,
-                                   cache_key=self.cache_key, cache_ttl=60,
-                                   cache_max_bytes=100_000)
+        fields = new_record_fields(
+            self.spec,
+            job_id=job_id,
+            tenant="t",
+            enqueued_at=time.time(),
+            deadline_at=None,
+            cache_key=self.cache_key,
+            cache_ttl=60,
+            cache_max_bytes=100_000,
+        )
         (created,) = self.store.create([fields])
         return job_id, created.outcome, created.leader
 
@@ -62,8 +69,11 @@ class Flight:
     def cleanup(self) -> None:
         keys = [names.cache_entry_key(self.cache_key), names.flight_key(self.cache_key)]
         for job_id in self.job_ids:
-            keys += [names.job_key(job_id), names.celery_result_key(job_id),
-                     names.followers_key(job_id)]
+            keys += [
+                names.job_key(job_id),
+                names.celery_result_key(job_id),
+                names.followers_key(job_id),
+            ]
         self.store.redis.delete(*keys)
 
 
@@ -86,13 +96,20 @@ def flight() -> Iterator[Flight]:
 
 def _finish(job_id: str, state: JobState, **kwargs: Any) -> str:
     """The worker's FINISH, as it stores a job it ran (the leader's value: Python's)."""
+
     async def run() -> str:
-        ledger = Ledger(ClientSettings().redis_url, ClientSettings(), job_ttl=60, lease_seconds=30,
-                        worker="test-results")
+        ledger = Ledger(
+            ClientSettings().redis_url,
+            ClientSettings(),
+            job_ttl=60,
+            lease_seconds=30,
+            worker="test-results",
+        )
         try:
             return await ledger.finish(job_id, state, **kwargs)
         finally:
             await ledger.close()
+
     return asyncio.run(run())
 
 
@@ -100,8 +117,12 @@ def test_a_success_has_one_celery_result_whichever_side_built_it(flight: Flight)
     leader, outcome, _ = flight.submit()
     follower, follower_outcome, its_leader = flight.submit()
     assert (outcome, follower_outcome, its_leader) == ("leader", "follower", leader)
-    result = {"text": AWKWARD, "finish_reason": "length",
-              "usage": {"prompt_tokens": 7, "completion_tokens": 3}, "model": "m"}
+    result = {
+        "text": AWKWARD,
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+        "model": "m",
+    }
     assert _finish(leader, JobState.SUCCEEDED, result=result) == "ok"
 
     python_built = flight.celery_value(leader)
@@ -109,14 +130,16 @@ def test_a_success_has_one_celery_result_whichever_side_built_it(flight: Flight)
     assert python_built == json.loads(celery_meta(leader, JobState.SUCCEEDED, result, date=date))
     # The follower's value, built in Lua (FINISH settling the flight), with the same date.
     assert flight.celery_value(follower) == json.loads(
-        celery_meta(follower, JobState.SUCCEEDED, result, date=date))
+        celery_meta(follower, JobState.SUCCEEDED, result, date=date)
+    )
 
     # A later identical job is a cache hit: its value too is built in Lua (SUBMIT).
     hit, hit_outcome, _ = flight.submit()
     assert hit_outcome == "hit"
     lua_built = flight.celery_value(hit)
     assert lua_built == json.loads(
-        celery_meta(hit, JobState.SUCCEEDED, result, date=lua_built["date_done"]))
+        celery_meta(hit, JobState.SUCCEEDED, result, date=lua_built["date_done"])
+    )
 
 
 def test_a_failure_has_one_celery_result_whichever_side_built_it(flight: Flight) -> None:
@@ -129,4 +152,5 @@ def test_a_failure_has_one_celery_result_whichever_side_built_it(flight: Flight)
     error = flight.store.get(follower).error
     assert error is not None and AWKWARD in error
     assert flight.celery_value(follower) == json.loads(
-        celery_meta(follower, JobState.FAILED, None, error=error, date=date))
+        celery_meta(follower, JobState.FAILED, None, error=error, date=date)
+    )

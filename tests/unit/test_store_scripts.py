@@ -39,7 +39,7 @@ def test_the_args_helper_follows_the_scripts_argv_header(name: str) -> None:
         return
     assert helper is not None
     prefixed = argv[0] == "prefixes[6]"
-    named = [n.removesuffix("[...]") for n in argv[1 if prefixed else 0:]]
+    named = [n.removesuffix("[...]") for n in argv[1 if prefixed else 0 :]]
     assert params(helper) == named
     # Each value lands where the header says: call it with every name as its own value.
     values = {n: ({"field": "value"} if n == "fields" else n) for n in named}
@@ -83,5 +83,11 @@ def test_the_demand_charge_follows_its_header() -> None:
     argv = header(demand.CHARGE, "ARGV")
     assert argv == ["now", "horizon", "charges[...]"]
     assert params(demand.charge_args) == ["now", "horizon", "charges"]
-    assert demand.charge_args(now=1.0, horizon=2.0, charges=[("a", 3.0), ("b", 4.0)]) == \
-        [1.0, 2.0, "a", 3.0, "b", 4.0]
+    assert demand.charge_args(now=1.0, horizon=2.0, charges=[("a", 3.0), ("b", 4.0)]) == [
+        1.0,
+        2.0,
+        "a",
+        3.0,
+        "b",
+        4.0,
+    ]

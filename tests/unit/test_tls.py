@@ -21,8 +21,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 def tls(certs: Certs, **overrides: object) -> FleetSettings:
-    fields: dict[str, object] = {"tls_ca_file": str(certs.ca), "tls_cert_file": str(certs.client),
-                                 "tls_key_file": str(certs.client_key), **overrides}
+    fields: dict[str, object] = {
+        "tls_ca_file": str(certs.ca),
+        "tls_cert_file": str(certs.client),
+        "tls_key_file": str(certs.client_key),
+        **overrides,
+    }
     return FleetSettings(**fields)  # type: ignore[arg-type]
 
 
@@ -64,9 +68,12 @@ def test_redis_gets_tls_for_rediss_only(certs: Certs) -> None:
 def test_celery_gets_tls_for_its_broker_and_result_backend(certs: Certs) -> None:
     conf = celery_ssl("amqps://h.example:5671//", "rediss://r.example:6380/0", tls(certs))
     assert conf["broker_use_ssl"] == {
-        "ca_certs": str(certs.ca), "certfile": str(certs.client),
-        "keyfile": str(certs.client_key), "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": "h.example"}
+        "ca_certs": str(certs.ca),
+        "certfile": str(certs.client),
+        "keyfile": str(certs.client_key),
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": "h.example",
+    }
     assert conf["redis_backend_use_ssl"]["ssl_cert_reqs"] is ssl.CERT_REQUIRED
     assert celery_ssl("amqp://h//", "redis://r/0", tls(certs)) == {}
 
@@ -77,8 +84,11 @@ def test_a_clients_own_tls_settings_reach_its_store_and_publisher(
     from producers.client import Client
 
     monkeypatch.delenv("GENQ_TLS_CA_FILE", raising=False)  # from the arguments only
-    client = Client(redis_url="rediss://redis.example:6380/0",
-                    broker_url="amqps://u:p@rabbit.example:5671/%2F", tls_ca_file=str(certs.ca))
+    client = Client(
+        redis_url="rediss://redis.example:6380/0",
+        broker_url="amqps://u:p@rabbit.example:5671/%2F",
+        tls_ca_file=str(certs.ca),
+    )
     try:
         kwargs = client.store.redis.connection_pool.connection_kwargs
         assert kwargs["ssl_ca_certs"] == str(certs.ca)

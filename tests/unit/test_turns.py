@@ -14,9 +14,9 @@ def test_a_tenant_under_one_quantum_takes_the_top_turn() -> None:
 
 
 def test_one_turn_lower_per_doubling_down_to_zero() -> None:
-    assert turn(100, 100, TOP) == TOP - 1     # 1 + 1 = 2 quanta
-    assert turn(300, 100, TOP) == TOP - 2     # 4
-    assert turn(700, 100, TOP) == TOP - 3     # 8
+    assert turn(100, 100, TOP) == TOP - 1  # 1 + 1 = 2 quanta
+    assert turn(300, 100, TOP) == TOP - 2  # 4
+    assert turn(700, 100, TOP) == TOP - 3  # 8
     assert turn(127 * 100, 100, TOP) == 0
     assert turn(1e12, 100, TOP) == 0
 

@@ -62,14 +62,14 @@ class _Engine:
         future.set_result(spec.prompt)
         return future
 
-    async def generate(self, job_id: str, spec: JobSpec, on_delta: Any = None, *,
-                       prompt: Any = None) -> Generation:
+    async def generate(
+        self, job_id: str, spec: JobSpec, on_delta: Any = None, *, prompt: Any = None
+    ) -> Generation:
         self.started.append(job_id)
         await asyncio.sleep(0)
         if self.behaviour is not None:
             await self.behaviour(job_id)
-        return Generation(text="ok", finish_reason="length", prompt_tokens=2,
-                          completion_tokens=4)
+        return Generation(text="ok", finish_reason="length", prompt_tokens=2, completion_tokens=4)
 
 
 class _Broker:
@@ -95,8 +95,9 @@ class _Courier:
     async def hand_back(self, message: Any, *, attempts: int, crashed: bool = False) -> None:
         self.handed_back.append((message.job_id, attempts))
 
-    async def dead_letter(self, headers: Any, body: bytes, *, reason: str, attempts: int,
-                          job_id: str | None) -> None:
+    async def dead_letter(
+        self, headers: Any, body: bytes, *, reason: str, attempts: int, job_id: str | None
+    ) -> None:
         self.dead.append((job_id, reason))
 
     async def reap(self) -> int:
@@ -133,30 +134,59 @@ class _Worker:
         self.courier = _Courier()
         self.wake = asyncio.Event()
         observers = Observers(self.stats, self.flower)
-        queue = create_admission_queue(settings.policy, fair_levels=settings.fair_levels,
-                                       alpha=settings.alpha, beta=settings.beta)
+        queue = create_admission_queue(
+            settings.policy,
+            fair_levels=settings.fair_levels,
+            alpha=settings.alpha,
+            beta=settings.beta,
+        )
         refill = RefillWatch(settings.refill_wait)
-        stubs: dict[str, Any] = dict(ledger=self.ledger, engine=self.engine,
-                                     courier=self.courier)
-        self.credit = Credit(settings=settings, capacity=capacity, jobs=self.jobs, queue=queue,
-                             refill=refill, broker=self.broker,  # type: ignore[arg-type]
-                             observers=observers, wake=self.wake, accepting=lambda: True)
-        self.runner = Runner(settings=settings, model="m", jobs=self.jobs, queue=queue,
-                             progress=Progress(None),  # type: ignore[arg-type]
-                             observers=observers, wake=self.wake, die=lambda exc: None,
-                             **stubs)
-        self.admission = Admission(settings=settings, jobs=self.jobs, queue=queue,
-                                   refill=refill, credit=self.credit, runner=self.runner,
-                                   progress=Progress(None),  # type: ignore[arg-type]
-                                   broker=self.broker,  # type: ignore[arg-type]
-                                   observers=observers, wake=self.wake,
-                                   accepting=lambda: True, **stubs)
+        stubs: dict[str, Any] = dict(ledger=self.ledger, engine=self.engine, courier=self.courier)
+        self.credit = Credit(
+            settings=settings,
+            capacity=capacity,
+            jobs=self.jobs,
+            queue=queue,
+            refill=refill,
+            broker=self.broker,  # type: ignore[arg-type]
+            observers=observers,
+            wake=self.wake,
+            accepting=lambda: True,
+        )
+        self.runner = Runner(
+            settings=settings,
+            model="m",
+            jobs=self.jobs,
+            queue=queue,
+            progress=Progress(None),  # type: ignore[arg-type]
+            observers=observers,
+            wake=self.wake,
+            die=lambda exc: None,
+            **stubs,
+        )
+        self.admission = Admission(
+            settings=settings,
+            jobs=self.jobs,
+            queue=queue,
+            refill=refill,
+            credit=self.credit,
+            runner=self.runner,
+            progress=Progress(None),  # type: ignore[arg-type]
+            broker=self.broker,  # type: ignore[arg-type]
+            observers=observers,
+            wake=self.wake,
+            accepting=lambda: True,
+            **stubs,
+        )
 
     def deliver(self, job_id: str, tag: int) -> None:
-        headers, body = encode_task(JobSpec(model="m", prompt="hi", max_tokens=4),
-                                    job_id=job_id, enqueued_at=time.time(), deadline_at=None)
-        self.admission.on_delivery(Delivery(epoch=1, tag=tag, level=0, headers=headers,
-                                            body=body))
+        headers, body = encode_task(
+            JobSpec(model="m", prompt="hi", max_tokens=4),
+            job_id=job_id,
+            enqueued_at=time.time(),
+            deadline_at=None,
+        )
+        self.admission.on_delivery(Delivery(epoch=1, tag=tag, level=0, headers=headers, body=body))
 
     def phase(self, job_id: str) -> Phase | None:
         job = self.jobs.get(job_id)
@@ -183,6 +213,7 @@ def test_a_delivered_job_is_admitted_run_and_recorded() -> None:
         assert w.broker.acked == [1] and len(w.jobs) == 0
         assert (w.stats["admitted"], w.stats["succeeded"]) == (1, 1)
         assert w.flower.seen == [("started", "a")]
+
     _run(scenario)
 
 
@@ -208,6 +239,7 @@ def test_a_second_copy_of_a_job_at_hand_is_acked_in_every_phase(phase: Phase) ->
             await w.settle()
             assert w.ledger.ended["a"][0] is JobState.SUCCEEDED
             assert w.stats["admitted"] == 1
+
     _run(scenario)
 
 
@@ -222,6 +254,7 @@ def test_a_cancel_while_held_is_left_to_admit() -> None:
         await w.settle()
         assert len(w.jobs) == 0 and w.broker.acked == [1] and "a" not in w.ledger.ended
         assert w.stats["admitted"] == 0
+
     _run(scenario)
 
 
@@ -238,11 +271,14 @@ def test_a_cancel_arriving_before_admits_reply_ends_the_job_instead_of_running_i
         w.ledger.hold.set()
         await admitting
         await w.settle()
-        assert w.ledger.ended["a"] == (JobState.CANCELLED,
-                                       {"error": "cancelled by the client while running"})
+        assert w.ledger.ended["a"] == (
+            JobState.CANCELLED,
+            {"error": "cancelled by the client while running"},
+        )
         assert len(w.jobs) == 0 and w.broker.acked == [1]
         assert w.stats["early_aborted"] == 1 and w.stats["admitted"] == 0
         assert w.flower.seen == [("revoked", "a")]
+
     _run(scenario)
 
 
@@ -259,6 +295,7 @@ def test_a_cancel_of_a_running_job_aborts_it_and_records_the_cancel() -> None:
         assert w.ledger.ended["a"][0] is JobState.CANCELLED and len(w.jobs) == 0
         assert w.flower.seen == [("started", "a"), ("revoked", "a")]
         assert w.courier.handed_back == []
+
     _run(scenario)
 
 
@@ -272,17 +309,22 @@ def test_a_cancel_right_after_admission_still_ends_the_job_and_frees_its_slot() 
         await w.settle()
         assert w.ledger.ended["a"][0] is JobState.CANCELLED and len(w.jobs) == 0
         assert w.credit.room() == 4
+
     _run(scenario)
 
 
-@pytest.mark.parametrize(("reply", "ended", "dead"), [
-    ("leased", None, False),
-    ("succeeded", None, False),
-    ("expired", JobState.EXPIRED, False),
-    ("missing", None, True),
-])
+@pytest.mark.parametrize(
+    ("reply", "ended", "dead"),
+    [
+        ("leased", None, False),
+        ("succeeded", None, False),
+        ("expired", JobState.EXPIRED, False),
+        ("missing", None, True),
+    ],
+)
 def test_what_admit_decides_for_a_job_that_does_not_run_here(
-        reply: str, ended: JobState | None, dead: bool) -> None:
+    reply: str, ended: JobState | None, dead: bool
+) -> None:
     async def scenario() -> None:
         w = _Worker()
         w.ledger.replies["a"] = reply
@@ -293,6 +335,7 @@ def test_what_admit_decides_for_a_job_that_does_not_run_here(
         assert w.ledger.ended.get("a", (None,))[0] is ended
         assert bool(w.courier.dead) is dead and w.stats["dead_lettered"] == int(dead)
         assert w.stats["admitted"] == 0 and w.stats["early_aborted"] == 1
+
     _run(scenario)
 
 
@@ -307,6 +350,7 @@ def test_when_redis_is_away_the_batch_goes_back_and_a_redelivery_is_not_a_copy()
         w.deliver("a", tag=2)  # the broker hands it back at once: a job, not a copy
         assert w.phase("a") is Phase.HELD
         task.cancel()
+
     _run(scenario)
 
 
@@ -322,6 +366,7 @@ def test_a_bug_in_admission_fails_the_jobs_instead_of_looping_them() -> None:
         assert state is JobState.FAILED and "a bug" in fields["error"]
         assert [job_id for job_id, _ in w.courier.dead] == ["a"]
         assert (w.stats["failed"], w.stats["dead_lettered"]) == (1, 1)
+
     _run(scenario)
 
 
@@ -338,4 +383,5 @@ def test_a_passing_engine_error_hands_the_job_back_and_counts_it() -> None:
         await w.settle()
         assert w.courier.handed_back == [("a", 1)] and "a" not in w.ledger.ended
         assert w.stats["handed_back"] == 1 and len(w.jobs) == 0
+
     _run(scenario)

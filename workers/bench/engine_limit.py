@@ -33,16 +33,21 @@ def serve(llm: LLM, out: TextIO) -> None:
             start = time.perf_counter()
             cpu = time.process_time()
             outputs = llm.generate(command["prompts"], params, use_tqdm=False)
-            texts = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True)
-                     for o in outputs]
+            texts = [
+                tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outputs
+            ]
             seconds = time.perf_counter() - start
             # This process's CPU (all its threads, not the engine core's processes): what
             # vLLM's frontend costs per request, the part of a genq worker's CPU that is
             # the engine's, not genq's.
             cpu = time.process_time() - cpu
             tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-            reply: dict[str, Any] = {"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu,
-                                     "chars": sum(map(len, texts))}
+            reply: dict[str, Any] = {
+                "tokens": tokens,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "chars": sum(map(len, texts)),
+            }
         elif command["op"] == "latency":
             latencies = []
             for prompt in command["prompts"]:
@@ -66,9 +71,14 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-model-len", type=int, default=1024)
     args = parser.parse_args()
-    llm = LLM(model=args.model, max_num_seqs=args.max_num_seqs,
-              max_model_len=args.max_model_len, enforce_eager=True, seed=0,
-              dtype=engine_dtype("auto"))  # type: ignore[arg-type]  # as a genq worker picks it
+    llm = LLM(
+        model=args.model,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        enforce_eager=True,
+        seed=0,
+        dtype=engine_dtype("auto"),  # type: ignore[arg-type]  # as a genq worker picks it
+    )
     llm.generate(["warm up"] * 8, SamplingParams(max_tokens=8), use_tqdm=False)
     dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
     print(json.dumps({"ready": True, "dtype": dtype}), file=out, flush=True)
