@@ -80,7 +80,7 @@ def test_engine_death_hands_back_and_exits_70(make_worker: Any) -> None:
     finally:
         purge_model(client.settings, model, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, ids, records)
+    line = audit(client.settings.redis_url, client.settings, ids, records)
     print(f"engine death: {line}")
     assert_all_succeeded_once(line)
     by_id = {r.id: r for r in records}
@@ -126,7 +126,13 @@ def test_poison_job_is_failed_and_dead_lettered_after_max_attempts(make_worker: 
     finally:
         purge_model(client.settings, model, delete=True)
         client.close()
-    line = audit(client.settings.redis_url, [*ids, poison], records, classify={poison: "poison"})
+    line = audit(
+        client.settings.redis_url,
+        client.settings,
+        [*ids, poison],
+        records,
+        classify={poison: "poison"},
+    )
     print(f"poison: {line}")
     assert str(line) == (
         f"accepted={JOBS + 1} succeeded={JOBS} failed=1(poison) lost=0 duplicated=0"
