@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from genq.errors import EngineDeadError, RequestRejectedError
-from genq.protocol import encode_task
 from genq.schema import JobState
 from genq.settings import WorkerSettings
 from scheduler import AdmissionQueue
@@ -164,13 +163,7 @@ class Runner:
         await self._store(message.job_id, JobState.FAILED, error=error)
         self._observers.failed(message.job_id, error=error)
         if dead_letter:
-            headers, body = encode_task(
-                message.spec,
-                job_id=message.job_id,
-                enqueued_at=message.enqueued_at,
-                deadline_at=message.deadline_at,
-                attempts=message.attempts + 1,
-            )
+            headers, body = message.encode(attempts=message.attempts + 1)
             await self._courier.dead_letter(
                 headers, body, reason=error, attempts=message.attempts + 1, job_id=message.job_id
             )
